@@ -1,0 +1,1 @@
+//! The `component.json` schema and validator.

@@ -1,0 +1,1 @@
+//! The `Connector` trait, its execution context and events.

@@ -1,0 +1,14 @@
+//! Deckhand: an SDK and runtime for elastic.io-style integration connectors.
+//!
+//! * [`credentials`] — the keys of one credential and its OAuth2 token set, with secrets redacted.
+//! * [`auth`] — token refresh under every strategy behind one single-flight gate, and the
+//!   authenticated HTTP client.
+//! * [`component`] — the `component.json` schema and validator.
+//! * [`connector`] — the `Connector` trait, its execution context and events.
+//! * [`runtime`] — the elastic.io wire protocol over RabbitMQ, and the local transport.
+
+pub mod auth;
+pub mod component;
+pub mod connector;
+pub mod credentials;
+pub mod runtime;

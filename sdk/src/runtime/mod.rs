@@ -1,0 +1,1 @@
+//! The elastic.io wire protocol over RabbitMQ, and the local transport.

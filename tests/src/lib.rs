@@ -1,0 +1,1 @@
+//! Cross-crate integration tests for Deckhand live in `tests/tests/`.
