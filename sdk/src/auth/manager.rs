@@ -1,0 +1,639 @@
+use std::fmt;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::HeaderValue;
+use rand::Rng;
+
+use crate::credentials::{Credentials, Secret};
+
+use super::endpoint::{Failed, Issued};
+use super::metrics::Counters;
+use super::{
+    AuthError, AuthMetrics, Clock, KeysSink, KeysUpdate, Proactive, Strategy, SystemClock,
+    TokenEndpoint,
+};
+
+/// Why a refresh happened, as reported in logs, metrics and [`KeysUpdate`]s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshReason {
+    /// There was no usable access token yet.
+    Initial,
+    /// The `PerCall` strategy refreshes before every request.
+    PerCall,
+    /// The token expires within the skew (`BeforeExpiry`), or has expired.
+    Expiry,
+    /// The API rejected the token with this HTTP status.
+    Rejected(u16),
+    /// An earlier refresh's keys were not yet persisted; persisting them again.
+    PendingPersist,
+    /// Asked for explicitly.
+    Forced,
+}
+
+impl fmt::Display for RefreshReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Initial => f.write_str("initial"),
+            Self::PerCall => f.write_str("per_call"),
+            Self::Expiry => f.write_str("expiry"),
+            Self::Rejected(status) => write!(f, "rejected_{status}"),
+            Self::PendingPersist => f.write_str("pending_persist"),
+            Self::Forced => f.write_str("forced"),
+        }
+    }
+}
+
+/// The `Authorization` header for one request and the credential generation it came from.
+///
+/// Pass the generation back to [`TokenManager::refresh_after_rejection`] when the API rejects
+/// the token, so that concurrent rejections of the same token cause one refresh.
+#[derive(Clone)]
+pub struct Authorization {
+    header: HeaderValue,
+    generation: u64,
+}
+
+impl Authorization {
+    /// The header value, `Bearer <token>`, marked sensitive.
+    pub fn header(&self) -> &HeaderValue {
+        &self.header
+    }
+
+    /// The generation of the credential this token belongs to.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+impl fmt::Debug for Authorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authorization")
+            .field("header", &"Bearer [redacted]")
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+/// Keeps one credential's access token fresh: applies the [`Strategy`], runs the grant through
+/// one single-flight gate, persists every rotation through a [`KeysSink`] before using it.
+///
+/// Cheap to clone; clones share the state. Create one per credential and share it between every
+/// task and HTTP client using that credential.
+///
+/// # Guarantees
+/// * Any number of concurrent callers that need a refresh cause **one** token request; the others
+///   wait for it and reuse its outcome (success or failure). A caller re-checks the credential's
+///   generation after taking the gate, so concurrent 401s on the same token refresh once.
+/// * A refreshed token is used only after the sink acknowledged the [`KeysUpdate`]. If the sink
+///   fails, the refreshed keys stay in memory and the next caller persists them first.
+/// * A refresh runs to completion even if the caller that started it is cancelled, so a rotated
+///   refresh token is never dropped half-way.
+/// * After the provider refuses the grant ([`AuthError::ReauthRequired`]) no more token requests
+///   are sent; every caller gets that error until [`replace_credentials`](Self::replace_credentials).
+/// * Under `BeforeExpiry`, a transient refresh failure while the current token is still valid is
+///   logged and the current token is served; the refresh is tried again a few seconds later.
+///
+/// # Example
+/// ```no_run
+/// use deckhand::auth::{Grant, MemorySink, Strategy, TokenEndpoint, TokenManager};
+/// use deckhand::credentials::Credentials;
+/// use serde_json::json;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let credentials = Credentials::from_keys(json!({"oauth": {"refresh_token": "1//0g..."}}))?;
+/// let endpoint = TokenEndpoint::new("https://login.example.com/oauth2/token", "client-id")?
+///     .client_secret("client-secret")
+///     .grant(Grant::RefreshToken);
+/// let sink = MemorySink::new();
+/// let manager = TokenManager::builder(credentials, endpoint, sink.clone())
+///     .strategy(Strategy::default())
+///     .build();
+/// let client = manager.http_client("https://api.example.com")?;
+/// let response = client.get("https://api.example.com/v1/me").send().await?;
+/// println!("{} after {} refresh(es)", response.status(), manager.metrics().refreshes);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct TokenManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: RwLock<State>,
+    gate: tokio::sync::Mutex<()>,
+    endpoint: TokenEndpoint,
+    strategy: Strategy,
+    sink: Arc<dyn KeysSink>,
+    clock: Arc<dyn Clock>,
+    counters: Counters,
+    stale_retry_interval: Duration,
+    sink_timeout: Duration,
+}
+
+struct State {
+    current: Arc<Current>,
+    /// Refreshed keys the sink has not acknowledged yet: never used, never dropped.
+    pending: Option<KeysUpdate>,
+    /// Number of finished refresh attempts; lets a waiter tell that the attempt it waited for
+    /// failed.
+    epoch: u64,
+    /// The error of attempt `epoch`, if it failed.
+    last_failure: Option<AuthError>,
+    /// Set once the provider refused the grant.
+    permanent: Option<AuthError>,
+    /// After a transient failure under `BeforeExpiry`, early refreshes wait until then.
+    early_refresh_blocked_until: Option<SystemTime>,
+}
+
+/// The credential in use and what is derived from it once per generation.
+struct Current {
+    credentials: Credentials,
+    generation: u64,
+    header: Option<HeaderValue>,
+    expires_at: Option<SystemTime>,
+    refresh_at: Option<SystemTime>,
+}
+
+impl Current {
+    fn new(credentials: Credentials, generation: u64, strategy: &Strategy) -> Self {
+        let token = credentials.token();
+        let header = token
+            .and_then(|t| t.access_token())
+            .and_then(|t| bearer_header(t).ok());
+        let expires_at = token.and_then(|t| t.expires_at());
+        let refresh_at = match strategy.proactive {
+            Proactive::BeforeExpiry { skew } => expires_at
+                .map(|at| at - early_margin(skew, token.and_then(|t| t.obtained_at()), at)),
+            _ => None,
+        };
+        Self {
+            credentials,
+            generation,
+            header,
+            expires_at,
+            refresh_at,
+        }
+    }
+
+    fn is_valid_at(&self, now: SystemTime) -> bool {
+        self.header.is_some() && self.expires_at.is_none_or(|at| now < at)
+    }
+
+    fn authorization(&self) -> Option<Authorization> {
+        Some(Authorization {
+            header: self.header.clone()?,
+            generation: self.generation,
+        })
+    }
+}
+
+/// How long before `expires_at` a `BeforeExpiry` refresh is due: the skew plus up to 10 %
+/// jitter, but at most half the token's lifetime, so a token living less than the skew is not
+/// refreshed on every call.
+fn early_margin(
+    skew: Duration,
+    obtained_at: Option<SystemTime>,
+    expires_at: SystemTime,
+) -> Duration {
+    let jitter = skew.mul_f64(rand::rng().random_range(0.0..0.1));
+    let margin = skew + jitter;
+    match obtained_at.and_then(|o| expires_at.duration_since(o).ok()) {
+        Some(lifetime) => margin.min(lifetime / 2),
+        None => margin,
+    }
+}
+
+fn bearer_header(token: &Secret) -> Result<HeaderValue, AuthError> {
+    let mut value = HeaderValue::try_from(format!("Bearer {}", token.expose())).map_err(|_| {
+        AuthError::MalformedTokenResponse {
+            reason: "the access token has characters not allowed in an HTTP header".into(),
+        }
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Builds a [`TokenManager`].
+pub struct TokenManagerBuilder {
+    credentials: Credentials,
+    endpoint: TokenEndpoint,
+    sink: Arc<dyn KeysSink>,
+    strategy: Strategy,
+    clock: Arc<dyn Clock>,
+    generation: u64,
+    sink_timeout: Duration,
+}
+
+impl TokenManagerBuilder {
+    /// Sets the refresh strategy (default: `BeforeExpiry { skew: 60 s }` with retry on 401).
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Sets the clock (tests use [`ManualClock`](super::ManualClock)).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Sets the generation of the initial credentials (default 0), e.g. as last persisted.
+    pub fn generation(mut self, generation: u64) -> Self {
+        self.generation = generation;
+        self
+    }
+
+    /// Sets how long the sink may take to persist one update (default 60 s).
+    pub fn sink_timeout(mut self, timeout: Duration) -> Self {
+        self.sink_timeout = timeout;
+        self
+    }
+
+    /// Builds the manager.
+    pub fn build(self) -> TokenManager {
+        let current = Current::new(self.credentials, self.generation, &self.strategy);
+        TokenManager {
+            inner: Arc::new(Inner {
+                state: RwLock::new(State {
+                    current: Arc::new(current),
+                    pending: None,
+                    epoch: 0,
+                    last_failure: None,
+                    permanent: None,
+                    early_refresh_blocked_until: None,
+                }),
+                gate: tokio::sync::Mutex::new(()),
+                endpoint: self.endpoint,
+                strategy: self.strategy,
+                sink: self.sink,
+                clock: self.clock,
+                counters: Counters::default(),
+                stale_retry_interval: Duration::from_secs(5),
+                sink_timeout: self.sink_timeout,
+            }),
+        }
+    }
+}
+
+impl TokenManager {
+    /// Starts building a manager for `credentials`, refreshed at `endpoint`, whose rotations
+    /// are persisted through `sink`.
+    pub fn builder(
+        credentials: Credentials,
+        endpoint: TokenEndpoint,
+        sink: impl KeysSink,
+    ) -> TokenManagerBuilder {
+        TokenManagerBuilder {
+            credentials,
+            endpoint,
+            sink: Arc::new(sink),
+            strategy: Strategy::default(),
+            clock: Arc::new(SystemClock),
+            generation: 0,
+            sink_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// The `Authorization` header for the next request, refreshing first if the strategy says
+    /// so.
+    pub async fn authorization(&self) -> Result<Authorization, AuthError> {
+        let now = self.inner.clock.now();
+        let (current, reason, epoch) = {
+            let state = self.inner.read();
+            if let Some(err) = &state.permanent {
+                return Err(err.clone());
+            }
+            let reason = self.inner.refresh_reason(&state, now);
+            (state.current.clone(), reason, state.epoch)
+        };
+        let current = match reason {
+            None => current,
+            Some(reason) => self.refresh(reason, current.generation, epoch).await?,
+        };
+        current
+            .authorization()
+            .ok_or_else(|| AuthError::MalformedTokenResponse {
+                reason: "the refreshed credentials hold no usable access token".into(),
+            })
+    }
+
+    /// The current access token, refreshing first if the strategy says so (for protocols that
+    /// do not use an HTTP `Authorization` header).
+    pub async fn access_token(&self) -> Result<Secret, AuthError> {
+        self.authorization().await?;
+        let state = self.inner.read();
+        state
+            .current
+            .credentials
+            .token()
+            .and_then(|t| t.access_token())
+            .cloned()
+            .ok_or(AuthError::NoRefreshToken)
+    }
+
+    /// Called when the API rejected the token of generation `rejected`: refreshes unless another
+    /// caller already did, and returns the authorization to retry with.
+    pub async fn refresh_after_rejection(
+        &self,
+        rejected: u64,
+        status: u16,
+    ) -> Result<Authorization, AuthError> {
+        let (current, epoch) = {
+            let state = self.inner.read();
+            if let Some(err) = &state.permanent {
+                return Err(err.clone());
+            }
+            (state.current.clone(), state.epoch)
+        };
+        let current = if current.generation != rejected && current.header.is_some() {
+            self.inner.counters.coalesced();
+            current
+        } else {
+            self.refresh(RefreshReason::Rejected(status), rejected, epoch)
+                .await?
+        };
+        current
+            .authorization()
+            .ok_or_else(|| AuthError::MalformedTokenResponse {
+                reason: "the refreshed credentials hold no usable access token".into(),
+            })
+    }
+
+    /// Refreshes now, whatever the strategy (single-flight like every other refresh).
+    pub async fn force_refresh(&self) -> Result<Authorization, AuthError> {
+        let (generation, epoch) = {
+            let state = self.inner.read();
+            (state.current.generation, state.epoch)
+        };
+        let current = self
+            .refresh(RefreshReason::Forced, generation, epoch)
+            .await?;
+        current
+            .authorization()
+            .ok_or_else(|| AuthError::MalformedTokenResponse {
+                reason: "the refreshed credentials hold no usable access token".into(),
+            })
+    }
+
+    /// The credentials in use (the last persisted generation).
+    pub fn credentials(&self) -> Credentials {
+        self.inner.read().current.credentials.clone()
+    }
+
+    /// The generation of the credentials in use.
+    pub fn generation(&self) -> u64 {
+        self.inner.read().current.generation
+    }
+
+    /// Replaces the credentials (the user re-authorized, or the platform pushed new keys).
+    /// Clears a re-authorization failure and any unpersisted refresh; bumps the generation.
+    pub async fn replace_credentials(&self, credentials: Credentials) {
+        let _gate = self.inner.gate.lock().await;
+        let mut state = self.inner.write();
+        let generation = state.current.generation + 1;
+        state.current = Arc::new(Current::new(credentials, generation, &self.inner.strategy));
+        state.pending = None;
+        state.permanent = None;
+        state.last_failure = None;
+        state.early_refresh_blocked_until = None;
+        state.epoch += 1;
+    }
+
+    /// The strategy.
+    pub fn strategy(&self) -> Strategy {
+        self.inner.strategy
+    }
+
+    /// The token endpoint.
+    pub fn endpoint(&self) -> &TokenEndpoint {
+        &self.inner.endpoint
+    }
+
+    /// The counters so far.
+    pub fn metrics(&self) -> AuthMetrics {
+        self.inner.counters.snapshot()
+    }
+
+    async fn refresh(
+        &self,
+        reason: RefreshReason,
+        seen_generation: u64,
+        seen_epoch: u64,
+    ) -> Result<Arc<Current>, AuthError> {
+        // A task of its own, so that a cancelled caller cannot abandon a refresh between the
+        // token response and its persistence.
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            inner
+                .refresh_gated(reason, seen_generation, seen_epoch)
+                .await
+        })
+        .await
+        .map_err(|e| AuthError::Config(format!("the refresh task failed: {e}")))?
+    }
+}
+
+impl Inner {
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn refresh_reason(&self, state: &State, now: SystemTime) -> Option<RefreshReason> {
+        let current = &state.current;
+        let early_blocked = state
+            .early_refresh_blocked_until
+            .is_some_and(|until| now < until)
+            && current.is_valid_at(now);
+        if state.pending.is_some() {
+            return (!early_blocked).then_some(RefreshReason::PendingPersist);
+        }
+        if current.header.is_none() {
+            return Some(RefreshReason::Initial);
+        }
+        match self.strategy.proactive {
+            Proactive::PerCall => Some(RefreshReason::PerCall),
+            Proactive::BeforeExpiry { .. } => (current.refresh_at.is_some_and(|at| now >= at)
+                && !early_blocked)
+                .then_some(RefreshReason::Expiry),
+            // Even when waiting for a 401, a token known to have expired is not worth sending.
+            Proactive::Never => (!current.is_valid_at(now)).then_some(RefreshReason::Expiry),
+        }
+    }
+
+    async fn refresh_gated(
+        &self,
+        reason: RefreshReason,
+        seen_generation: u64,
+        seen_epoch: u64,
+    ) -> Result<Arc<Current>, AuthError> {
+        let _gate = self.gate.lock().await;
+        let now = self.clock.now();
+        let (current, pending) = {
+            let state = self.read();
+            if let Some(err) = &state.permanent {
+                return Err(err.clone());
+            }
+            if state.pending.is_none() && state.current.generation != seen_generation {
+                self.counters.coalesced();
+                return Ok(state.current.clone());
+            }
+            if state.epoch != seen_epoch {
+                if let Some(err) = &state.last_failure {
+                    self.counters.coalesced();
+                    if reason == RefreshReason::Expiry
+                        && err.is_transient()
+                        && state.current.is_valid_at(now)
+                    {
+                        self.counters.stale_served();
+                        return Ok(state.current.clone());
+                    }
+                    return Err(err.clone());
+                }
+            }
+            (state.current.clone(), state.pending.clone())
+        };
+
+        let started = Instant::now();
+        let (outcome, token_requests) = match pending {
+            Some(update) => (self.persist(update).await, 0),
+            None => self.fetch_and_persist(&current, reason).await,
+        };
+        let duration_ms = started.elapsed().as_millis() as u64;
+
+        let mut state = self.write();
+        state.epoch += 1;
+        match outcome {
+            Ok(fresh) => {
+                state.last_failure = None;
+                state.early_refresh_blocked_until = None;
+                drop(state);
+                tracing::info!(
+                    target: "deckhand::auth",
+                    %reason,
+                    generation = fresh.generation,
+                    duration_ms,
+                    token_requests,
+                    outcome = "refreshed",
+                    "access token refreshed"
+                );
+                Ok(fresh)
+            }
+            Err(err) => {
+                self.counters.failed(err.kind());
+                state.last_failure = Some(err.clone());
+                if err.is_reauth_required() {
+                    state.permanent = Some(err.clone());
+                }
+                let serve_stale = reason == RefreshReason::Expiry
+                    && err.is_transient()
+                    && current.is_valid_at(self.clock.now());
+                if serve_stale {
+                    state.early_refresh_blocked_until = Some(now + self.stale_retry_interval);
+                }
+                drop(state);
+                if serve_stale {
+                    self.counters.stale_served();
+                    tracing::warn!(
+                        target: "deckhand::auth",
+                        %reason,
+                        generation = current.generation,
+                        duration_ms,
+                        token_requests,
+                        outcome = err.kind(),
+                        error = %err,
+                        "early token refresh failed; the current token is still valid and stays in use"
+                    );
+                    return Ok(current);
+                }
+                tracing::warn!(
+                    target: "deckhand::auth",
+                    %reason,
+                    generation = current.generation,
+                    duration_ms,
+                    token_requests,
+                    outcome = err.kind(),
+                    error = %err,
+                    "token refresh failed"
+                );
+                Err(err)
+            }
+        }
+    }
+
+    async fn fetch_and_persist(
+        &self,
+        current: &Current,
+        reason: RefreshReason,
+    ) -> (Result<Arc<Current>, AuthError>, u32) {
+        let old = current.credentials.token();
+        let refresh_token = old.and_then(|t| t.refresh_token());
+        let counters = &self.counters;
+        let issued = self
+            .endpoint
+            .request(refresh_token, self.clock.as_ref(), &|| {
+                counters.token_request()
+            })
+            .await;
+        let (token, attempts) = match issued {
+            Ok(Issued { token, attempts }) => (token, attempts),
+            Err(Failed { error, attempts }) => return (Err(error), attempts),
+        };
+        if let Some(Err(err)) = token.access_token().map(bearer_header) {
+            return (Err(err), attempts);
+        }
+        let merged = match old {
+            Some(old) => old.merged_with(token),
+            None => token,
+        };
+        let update = KeysUpdate {
+            credentials: current.credentials.with_token(merged),
+            generation: current.generation + 1,
+            reason,
+        };
+        // In memory before the sink is even asked: whatever happens next, the rotated refresh
+        // token is not lost.
+        self.write().pending = Some(update.clone());
+        (self.persist(update).await, attempts)
+    }
+
+    async fn persist(&self, update: KeysUpdate) -> Result<Arc<Current>, AuthError> {
+        let generation = update.generation;
+        let persisted = tokio::time::timeout(self.sink_timeout, self.sink.persist(&update)).await;
+        let failure = match persisted {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.0),
+            Err(_) => Some(format!(
+                "the keys sink did not answer within {} s",
+                self.sink_timeout.as_secs()
+            )),
+        };
+        if let Some(reason) = failure {
+            return Err(AuthError::KeysNotPersisted { generation, reason });
+        }
+        let fresh = Arc::new(Current::new(update.credentials, generation, &self.strategy));
+        let mut state = self.write();
+        state.current = fresh.clone();
+        state.pending = None;
+        self.counters.refreshed();
+        Ok(fresh)
+    }
+}
+
+impl fmt::Debug for TokenManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.inner.read();
+        f.debug_struct("TokenManager")
+            .field("generation", &state.current.generation)
+            .field("credentials", &state.current.credentials)
+            .field("strategy", &self.inner.strategy)
+            .field("endpoint", &self.inner.endpoint)
+            .field("pending", &state.pending.as_ref().map(|p| p.generation))
+            .field("permanent_failure", &state.permanent)
+            .finish()
+    }
+}

@@ -1,0 +1,179 @@
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::Extensions;
+use http::header::AUTHORIZATION;
+use reqwest::{Request, Response};
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
+use url::{Origin, Url};
+
+use super::{AuthError, TokenManager};
+
+/// A `reqwest-middleware` middleware that authenticates requests with a [`TokenManager`].
+///
+/// For a request to an allowed origin it adds `Authorization: Bearer …` (refreshing first when
+/// the strategy says so); when the strategy has [`OnRejection`](super::OnRejection) and the API
+/// answers 401 (or 403), it refreshes through the manager's single-flight gate and sends the
+/// request **once** more. A second rejection is returned as [`AuthError::RejectedAfterRefresh`]
+/// (as `reqwest_middleware::Error::Middleware`; downcast to read it).
+///
+/// The token is never attached to requests for other origins, nor to the token endpoint.
+/// Put it after retry middlewares in the chain so that every retry gets a fresh token.
+///
+/// ```no_run
+/// # use deckhand::auth::{BearerAuth, TokenManager};
+/// # fn build(manager: TokenManager) -> Result<(), deckhand::auth::AuthError> {
+/// let client = reqwest_middleware::ClientBuilder::new(deckhand::auth::api_http_client()?)
+///     .with(BearerAuth::new(manager).allow_origin("https://graph.microsoft.com")?)
+///     .build();
+/// # let _ = client; Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct BearerAuth {
+    manager: TokenManager,
+    origins: Arc<Vec<Origin>>,
+    origin_field: Option<String>,
+}
+
+impl BearerAuth {
+    /// A middleware for `manager` that, until origins are allowed, authenticates nothing.
+    pub fn new(manager: TokenManager) -> Self {
+        Self {
+            manager,
+            origins: Arc::new(Vec::new()),
+            origin_field: None,
+        }
+    }
+
+    /// Authenticates requests to the origin (scheme, host, port) of `url`.
+    pub fn allow_origin(mut self, url: &str) -> Result<Self, AuthError> {
+        let url =
+            Url::parse(url).map_err(|e| AuthError::Config(format!("API URL `{url}`: {e}")))?;
+        Arc::make_mut(&mut self.origins).push(url.origin());
+        Ok(self)
+    }
+
+    /// Also authenticates requests to the origin named by a token field, read for every request
+    /// (Salesforce's `instance_url`, which a refresh may change).
+    pub fn allow_origin_from_token_field(mut self, field: impl Into<String>) -> Self {
+        self.origin_field = Some(field.into());
+        self
+    }
+
+    fn applies_to(&self, url: &Url) -> bool {
+        let token_url = self.manager.endpoint().token_url();
+        if url.origin() == token_url.origin() && url.path() == token_url.path() {
+            return false;
+        }
+        let origin = url.origin();
+        if self.origins.contains(&origin) {
+            return true;
+        }
+        let Some(field) = &self.origin_field else {
+            return false;
+        };
+        let credentials = self.manager.credentials();
+        credentials
+            .token()
+            .and_then(|t| t.extra(field))
+            .and_then(|v| v.as_str())
+            .and_then(|s| Url::parse(s).ok())
+            .is_some_and(|u| u.origin() == origin)
+    }
+}
+
+#[async_trait]
+impl Middleware for BearerAuth {
+    async fn handle(
+        &self,
+        mut req: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        if !self.applies_to(req.url()) {
+            tracing::debug!(
+                target: "deckhand::auth",
+                origin = %req.url().origin().ascii_serialization(),
+                "request to an origin outside the API's: sent without the access token"
+            );
+            return next.run(req, extensions).await;
+        }
+        let auth = self
+            .manager
+            .authorization()
+            .await
+            .map_err(reqwest_middleware::Error::middleware)?;
+        let on_rejection = self.manager.strategy().on_rejection;
+        let replay = on_rejection.and_then(|_| req.try_clone());
+        req.headers_mut()
+            .insert(AUTHORIZATION, auth.header().clone());
+        let response = next.clone().run(req, extensions).await?;
+        let status = response.status();
+        if !on_rejection.is_some_and(|r| r.matches(status)) {
+            return Ok(response);
+        }
+        tracing::debug!(
+            target: "deckhand::auth",
+            status = status.as_u16(),
+            generation = auth.generation(),
+            "API rejected the access token; refreshing"
+        );
+        let fresh = self
+            .manager
+            .refresh_after_rejection(auth.generation(), status.as_u16())
+            .await
+            .map_err(reqwest_middleware::Error::middleware)?;
+        let Some(mut replay) = replay else {
+            return Err(reqwest_middleware::Error::middleware(
+                AuthError::NotReplayable {
+                    status: status.as_u16(),
+                },
+            ));
+        };
+        replay
+            .headers_mut()
+            .insert(AUTHORIZATION, fresh.header().clone());
+        let response = next.run(replay, extensions).await?;
+        let status = response.status();
+        if on_rejection.is_some_and(|r| r.matches(status)) {
+            return Err(reqwest_middleware::Error::middleware(
+                AuthError::RejectedAfterRefresh {
+                    status: status.as_u16(),
+                },
+            ));
+        }
+        Ok(response)
+    }
+}
+
+/// A reqwest client for API calls: follows at most 10 redirects, and only within one origin
+/// on the same scheme. A cross-origin redirect is returned to the caller as the 3xx response,
+/// so the token cannot follow it anywhere (reqwest alone would keep it across a
+/// scheme downgrade on the same host).
+pub fn api_http_client() -> Result<reqwest::Client, AuthError> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            let same_origin = attempt
+                .previous()
+                .last()
+                .is_some_and(|prev| prev.origin() == attempt.url().origin());
+            if attempt.previous().len() >= 10 || !same_origin {
+                attempt.stop()
+            } else {
+                attempt.follow()
+            }
+        }))
+        .build()
+        .map_err(|e| AuthError::Config(format!("HTTP client: {e}")))
+}
+
+impl TokenManager {
+    /// An authenticated client for the API at `api_base` (its origin gets the token; nothing
+    /// else does). Compose your own chain with [`BearerAuth`] and [`api_http_client`] instead if
+    /// you need other middlewares.
+    pub fn http_client(&self, api_base: &str) -> Result<ClientWithMiddleware, AuthError> {
+        Ok(ClientBuilder::new(api_http_client()?)
+            .with(BearerAuth::new(self.clone()).allow_origin(api_base)?)
+            .build())
+    }
+}
