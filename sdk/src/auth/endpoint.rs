@@ -215,6 +215,12 @@ impl TokenEndpoint {
         clock: &dyn super::Clock,
         on_attempt: &(dyn Fn() + Send + Sync),
     ) -> Result<Issued, Failed> {
+        if self.grant == Grant::RefreshToken && refresh_token.is_none() {
+            return Err(Failed {
+                error: AuthError::NoRefreshToken,
+                attempts: 0,
+            });
+        }
         let mut attempts = 0;
         loop {
             attempts += 1;

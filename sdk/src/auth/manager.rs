@@ -482,18 +482,18 @@ impl Inner {
                 self.counters.coalesced();
                 return Ok(state.current.clone());
             }
-            if state.epoch != seen_epoch {
-                if let Some(err) = &state.last_failure {
-                    self.counters.coalesced();
-                    if reason == RefreshReason::Expiry
-                        && err.is_transient()
-                        && state.current.is_valid_at(now)
-                    {
-                        self.counters.stale_served();
-                        return Ok(state.current.clone());
-                    }
-                    return Err(err.clone());
+            if state.epoch != seen_epoch
+                && let Some(err) = &state.last_failure
+            {
+                self.counters.coalesced();
+                if reason == RefreshReason::Expiry
+                    && err.is_transient()
+                    && state.current.is_valid_at(now)
+                {
+                    self.counters.stale_served();
+                    return Ok(state.current.clone());
                 }
+                return Err(err.clone());
             }
             (state.current.clone(), state.pending.clone())
         };

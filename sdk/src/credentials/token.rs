@@ -279,7 +279,7 @@ fn seconds_of(value: &Value) -> Option<f64> {
         Value::String(s) => s.trim().parse::<f64>().ok()?,
         _ => return None,
     };
-    (seconds.is_finite() && seconds >= 0.0 && seconds < 1e12).then_some(seconds)
+    (0.0..1e12).contains(&seconds).then_some(seconds)
 }
 
 pub(crate) fn json_kind(value: &Value) -> &'static str {
