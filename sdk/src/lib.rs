@@ -5,10 +5,15 @@
 //!   authenticated HTTP client.
 //! * [`component`] — the `component.json` schema and validator.
 //! * [`connector`] — the `Connector` trait, its execution context and events.
-//! * [`runtime`] — the elastic.io wire protocol over RabbitMQ, and the local transport.
+//! * [`runtime`] — the elastic.io wire protocol over RabbitMQ.
+//! * [`transport`] — the broker-less transport: JSON lines and a credentials file.
 
 pub mod auth;
+pub mod cli;
 pub mod component;
 pub mod connector;
 pub mod credentials;
 pub mod runtime;
+pub mod transport;
+
+pub use cli::main;

@@ -29,6 +29,8 @@ pub enum RefreshReason {
     PendingPersist,
     /// Asked for explicitly.
     Forced,
+    /// The component emitted new keys itself (an `updateKeys` event).
+    Component,
 }
 
 impl fmt::Display for RefreshReason {
@@ -40,6 +42,7 @@ impl fmt::Display for RefreshReason {
             Self::Rejected(status) => write!(f, "rejected_{status}"),
             Self::PendingPersist => f.write_str("pending_persist"),
             Self::Forced => f.write_str("forced"),
+            Self::Component => f.write_str("component"),
         }
     }
 }

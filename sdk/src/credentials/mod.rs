@@ -26,6 +26,7 @@
 //! # Ok::<(), deckhand::credentials::CredentialsError>(())
 //! ```
 
+mod file;
 mod jwt;
 mod secret;
 mod token;
@@ -35,6 +36,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
+pub use file::{CredentialsFile, CredentialsFileError};
 pub use secret::Secret;
 pub use token::{EXPIRES_AT_KEY, ExpirySource, TokenSet};
 
@@ -125,6 +127,15 @@ impl Credentials {
             location: TokenLocation::Field(field.to_owned()),
             token,
         })
+    }
+
+    /// Credentials without keys.
+    pub fn empty() -> Self {
+        Self {
+            fields: Map::new(),
+            location: TokenLocation::Field(DEFAULT_TOKEN_FIELD.to_owned()),
+            token: None,
+        }
     }
 
     /// The token set, if the keys hold one.

@@ -1,0 +1,148 @@
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{ConnectorError, Message};
+
+/// What a function emits while processing one message.
+///
+/// Serialized (for the local transport and `exec`) as one JSON object per event:
+/// `{"event": "data", "data": {…}}`. An `updateKeys` event carries the generation and the
+/// names of the keys, never their values: those go to the keys sink (platform or credentials
+/// file).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", content = "data", rename_all = "camelCase")]
+pub enum Event {
+    /// A message for the next step.
+    Data(Message),
+    /// A failure; the input message will be rejected.
+    Error(ErrorPayload),
+    /// The step's new snapshot (its position, for polling triggers).
+    Snapshot(Value),
+    /// Process this input again later (exponential delay, bounded count).
+    Rebound {
+        /// Why.
+        reason: String,
+    },
+    /// The credential's keys changed and were persisted.
+    UpdateKeys(KeysNotice),
+    /// The reply to a request-reply webhook.
+    HttpReply(HttpReply),
+    /// Processing of the input message finished.
+    End,
+}
+
+impl Event {
+    /// The event's name on the wire (`data`, `error`, `snapshot`, `rebound`, `updateKeys`,
+    /// `httpReply`, `end`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Data(_) => "data",
+            Self::Error(_) => "error",
+            Self::Snapshot(_) => "snapshot",
+            Self::Rebound { .. } => "rebound",
+            Self::UpdateKeys(_) => "updateKeys",
+            Self::HttpReply(_) => "httpReply",
+            Self::End => "end",
+        }
+    }
+}
+
+/// The elastic.io error payload: `{name, message, stack}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorPayload {
+    /// The error's name.
+    pub name: String,
+    /// The error's message.
+    pub message: String,
+    /// The chain of causes.
+    pub stack: String,
+}
+
+impl From<&ConnectorError> for ErrorPayload {
+    fn from(err: &ConnectorError) -> Self {
+        Self {
+            name: err.name().to_owned(),
+            message: err.message().to_owned(),
+            stack: err.stack(),
+        }
+    }
+}
+
+/// That a credential's keys were rotated and persisted, without the secrets themselves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysNotice {
+    /// The credential generation after the rotation.
+    pub generation: u64,
+    /// Why the keys changed (`expiry`, `rejected_401`, `per_call`, `component`…).
+    pub reason: String,
+    /// The names of the top-level keys that were persisted.
+    pub keys: Vec<String>,
+}
+
+/// The reply to a request-reply webhook.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpReply {
+    /// The HTTP status.
+    pub status_code: u16,
+    /// The response body.
+    pub body: Value,
+    /// Response headers.
+    #[serde(default)]
+    pub headers: Map<String, Value>,
+}
+
+/// An event could not be handed to the transport.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("could not emit `{event}`: {reason}")]
+pub struct EmitError {
+    /// The event's name.
+    pub event: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+/// Where the events of one message go: the AMQP publisher, the local transport's output, a test.
+///
+/// [`emit`](Emitter::emit) returns once the transport has accepted the event (for AMQP: the
+/// broker confirmed the publish), which gives connectors backpressure.
+#[async_trait]
+pub trait Emitter: Send + Sync {
+    /// Hands `event` to the transport.
+    async fn emit(&self, event: Event) -> Result<(), EmitError>;
+}
+
+/// Collects events in memory, for tests.
+#[derive(Clone, Debug, Default)]
+pub struct CollectingEmitter {
+    events: Arc<Mutex<Vec<Event>>>,
+}
+
+impl CollectingEmitter {
+    /// An empty collector.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The events so far.
+    pub fn events(&self) -> Vec<Event> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+#[async_trait]
+impl Emitter for CollectingEmitter {
+    async fn emit(&self, event: Event) -> Result<(), EmitError> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
+        Ok(())
+    }
+}
