@@ -16,7 +16,7 @@ use super::{ConnectorError, Message};
 #[serde(tag = "event", content = "data", rename_all = "camelCase")]
 pub enum Event {
     /// A message for the next step.
-    Data(Message),
+    Data(Box<Message>),
     /// A failure; the input message will be rejected.
     Error(ErrorPayload),
     /// The step's new snapshot (its position, for polling triggers).
