@@ -55,10 +55,10 @@ impl ValidateArgs {
 /// How `validate` prints its results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum OutputFormat {
-    /// `file:line:column: severity: pointer: message` lines and a summary line.
+    /// One "file:line:column: severity: pointer: message" line per finding, then a summary.
     #[default]
     Human,
-    /// A JSON array with one object per path (see [`run_validate`]).
+    /// A JSON array with one object per path and its findings.
     Json,
 }
 

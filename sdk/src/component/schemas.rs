@@ -125,6 +125,20 @@ impl Schema {
                             inner.to_string()
                         }
                     }
+                    // The validator abbreviates long lists ("or 19 other candidates"); the
+                    // accepted values are the useful part of the message, so list them all.
+                    ValidationErrorKind::Enum { options } => match options.as_ref() {
+                        Value::Array(options) => {
+                            let accepted: Vec<String> =
+                                options.iter().map(Value::to_string).collect();
+                            format!(
+                                "{} is not one of {}",
+                                error.instance(),
+                                accepted.join(", ")
+                            )
+                        }
+                        _ => error.to_string(),
+                    },
                     _ => error.to_string(),
                 };
                 Violation { pointer, message }
