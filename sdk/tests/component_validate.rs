@@ -25,7 +25,11 @@ fn validate(path: &Path) -> Report {
 
 /// The report holds exactly one finding; returns it.
 fn single(report: &Report) -> &Finding {
-    assert_eq!(report.findings.len(), 1, "expected one finding, got:\n{report}");
+    assert_eq!(
+        report.findings.len(),
+        1,
+        "expected one finding, got:\n{report}"
+    );
     &report.findings[0]
 }
 
@@ -54,7 +58,14 @@ fn assert_single_error(name: &str, pointer: &str, at: (usize, usize), message: &
     let path = invalid(name);
     let report = validate(&path);
     assert!(report.has_errors());
-    assert_finding(single(&report), Severity::Error, &path, pointer, at, message);
+    assert_finding(
+        single(&report),
+        Severity::Error,
+        &path,
+        pointer,
+        at,
+        message,
+    );
 }
 
 #[test]
@@ -96,7 +107,12 @@ fn unknown_view_class() {
 
 #[test]
 fn missing_title() {
-    assert_single_error("missing-title", "", (1, 1), r#""title" is a required property"#);
+    assert_single_error(
+        "missing-title",
+        "",
+        (1, 1),
+        r#""title" is a required property"#,
+    );
 }
 
 #[test]
@@ -169,7 +185,12 @@ fn metadata_file_that_is_not_a_metadata_schema() {
         (6, 44),
         r#""yes" is not of types "boolean", "array""#,
     );
-    assert!(report.findings.iter().all(|f| f.message.ends_with(referenced)));
+    assert!(
+        report
+            .findings
+            .iter()
+            .all(|f| f.message.ends_with(referenced))
+    );
 }
 
 #[test]
@@ -256,7 +277,11 @@ fn findings_serialize_with_stable_names() {
         finding["file"],
         invalid("bad-trigger-type").to_string_lossy().as_ref()
     );
-    assert!(finding["message"].as_str().is_some_and(|m| m.contains("realtime")));
+    assert!(
+        finding["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("realtime"))
+    );
 }
 
 fn check(source: &str) -> Report {
@@ -279,7 +304,11 @@ fn file_checks_need_a_component_root() {
     assert!(check(source).findings.is_empty(), "{}", check(source));
 
     let root = fixtures().join("invalid");
-    let report = validate_str(source, &root.join("inline.json"), &Options::for_directory(&root));
+    let report = validate_str(
+        source,
+        &root.join("inline.json"),
+        &Options::for_directory(&root),
+    );
     assert_eq!(
         summary(&report),
         [
@@ -305,7 +334,11 @@ fn java_class_names_are_not_files() {
     let source = r#"{"title": "T", "description": "d", "credentials": {"verifier": "io.elastic.Verifier"},
  "actions": {"a": {"title": "A", "main": "io.elastic.actions.Create", "dynamicMetadata": "io.elastic.Meta"}}}"#;
     let root = fixtures().join("java");
-    let report = validate_str(source, &root.join("component.json"), &Options::for_directory(&root));
+    let report = validate_str(
+        source,
+        &root.join("component.json"),
+        &Options::for_directory(&root),
+    );
     assert!(report.findings.is_empty(), "{report}");
 }
 
@@ -317,7 +350,11 @@ fn node_main_without_extension_resolves_like_require() {
  "actions": {"a": {"title": "A", "main": "./lib/actions/lookup", "dynamicMetadata": true},
              "b": {"title": "B", "main": "lib/actions/query", "dynamicMetadata": true},
              "c": {"title": "C", "main": "lib/actions/nothing", "dynamicMetadata": true}}}"#;
-    let report = validate_str(source, &root.join("component.json"), &Options::for_directory(&root));
+    let report = validate_str(
+        source,
+        &root.join("component.json"),
+        &Options::for_directory(&root),
+    );
     assert_eq!(
         summary(&report),
         [(Severity::Error, "/actions/c/main", 4, 42)],
@@ -341,8 +378,16 @@ fn select_models_in_credentials_and_multiselect() {
         ],
         "{report}"
     );
-    assert!(report.findings[0].message.contains("credentials have no module to call"));
-    assert!(report.findings[1].message.contains("MultiSelectView field \"tags\" has no \"model\""));
+    assert!(
+        report.findings[0]
+            .message
+            .contains("credentials have no module to call")
+    );
+    assert!(
+        report.findings[1]
+            .message
+            .contains("MultiSelectView field \"tags\" has no \"model\"")
+    );
 }
 
 #[test]
@@ -435,12 +480,21 @@ fn inline_metadata_is_checked_against_the_metadata_dialect() {
     assert_eq!(
         summary(&report),
         [
-            (Severity::Error, "/actions/a/metadata/in/properties/x/type", 3, 53),
+            (
+                Severity::Error,
+                "/actions/a/metadata/in/properties/x/type",
+                3,
+                53
+            ),
             (Severity::Error, "/actions/a/metadata/out/$ref", 3, 79),
         ],
         "{report}"
     );
-    assert!(report.findings[0].message.starts_with("invalid metadata schema: \"str\""));
+    assert!(
+        report.findings[0]
+            .message
+            .starts_with("invalid metadata schema: \"str\"")
+    );
 }
 
 #[test]
@@ -457,16 +511,26 @@ fn non_object_roots_and_wrong_shapes_do_not_confuse_the_checks() {
     }
     let report = check("[]");
     assert_eq!(summary(&report), [(Severity::Error, "", 1, 1)]);
-    assert!(report.findings[0].message.contains("is not of type \"object\""));
+    assert!(
+        report.findings[0]
+            .message
+            .contains("is not of type \"object\"")
+    );
 }
 
 #[test]
 fn byte_order_mark_and_crlf_are_accepted() {
     let source = "\u{feff}{\r\n  \"title\": \"T\",\r\n  \"description\": \"d\",\r\n  \"credentials\": {},\r\n  \"actions\": {\"bad-name\": {\"title\": \"A\", \"main\": \"a.js\", \"dynamicMetadata\": true}}\r\n}\r\n";
     let report = check(source);
-    assert_eq!(summary(&report), [(Severity::Error, "/actions/bad-name", 5, 27)]);
+    assert_eq!(
+        summary(&report),
+        [(Severity::Error, "/actions/bad-name", 5, 27)]
+    );
     let bytes = validate_bytes(source.as_bytes(), Path::new("c.json"), &Options::default());
-    assert_eq!(summary(&bytes), [(Severity::Error, "/actions/bad-name", 5, 27)]);
+    assert_eq!(
+        summary(&bytes),
+        [(Severity::Error, "/actions/bad-name", 5, 27)]
+    );
 }
 
 #[test]
@@ -477,7 +541,10 @@ fn invalid_utf8_is_reported_at_its_position() {
     let report = validate_bytes(&bytes, Path::new("component.json"), &Options::default());
     let finding = single(&report);
     assert_eq!((finding.line, finding.column), (2, 16));
-    assert_eq!(finding.message, "invalid UTF-8 at byte 17: JSON text must be UTF-8");
+    assert_eq!(
+        finding.message,
+        "invalid UTF-8 at byte 17: JSON text must be UTF-8"
+    );
 }
 
 #[test]
@@ -490,12 +557,17 @@ fn empty_and_truncated_input() {
     let report = check("{\n  \"title\": \"T\",\n");
     let finding = single(&report);
     assert_eq!((finding.line, finding.column), (3, 1));
-    assert!(finding.message.starts_with("invalid JSON: EOF while parsing"));
+    assert!(
+        finding
+            .message
+            .starts_with("invalid JSON: EOF while parsing")
+    );
 }
 
 #[test]
 fn columns_count_characters_not_bytes() {
-    let source = r#"{"title": "Ünïcødé", "description": "d", "credentials": {}, "actions": {"x-y": {}}}"#;
+    let source =
+        r#"{"title": "Ünïcødé", "description": "d", "credentials": {}, "actions": {"x-y": {}}}"#;
     let report = check(source);
     let finding = report
         .findings

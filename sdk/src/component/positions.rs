@@ -434,4 +434,98 @@ mod tests {
         let pos = position_from_serde(text, err.line(), err.column());
         assert_eq!(pos, Position { line: 1, column: 7 });
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        fn arb_key() -> impl Strategy<Value = String> {
+            prop_oneof!["[a-z]{1,5}", "[~/\"\\\u{0}-\u{1f}é😀 a]{0,4}"]
+        }
+
+        fn arb_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                (-1e6f64..1e6).prop_map(Value::from),
+                "[a-z\"\\/\u{0}-\u{1f}é😀]{0,6}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(5, 96, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                    prop::collection::vec((arb_key(), inner), 0..5)
+                        .prop_map(|members| Value::Object(members.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn pointers<'v>(value: &'v Value, at: String, out: &mut Vec<(String, &'v Value)>) {
+            match value {
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        pointers(item, format!("{at}/{i}"), out);
+                    }
+                }
+                Value::Object(members) => {
+                    for (key, member) in members {
+                        pointers(member, format!("{at}/{}", escape_token(key)), out);
+                    }
+                }
+                _ => {}
+            }
+            out.push((at, value));
+        }
+
+        /// Byte offset of a line/column, recomputed from scratch.
+        fn offset_of(text: &str, position: Position) -> Option<usize> {
+            let line_start: usize = text
+                .split_inclusive('\n')
+                .take(position.line - 1)
+                .map(str::len)
+                .sum();
+            let line = text.get(line_start..)?;
+            let within: usize = line
+                .chars()
+                .take(position.column - 1)
+                .map(char::len_utf8)
+                .sum();
+            Some(line_start + within)
+        }
+
+        proptest! {
+            #[test]
+            fn every_pointer_locates_its_value(value in arb_json(), pretty in any::<bool>()) {
+                let text = if pretty {
+                    serde_json::to_string_pretty(&value)
+                } else {
+                    serde_json::to_string(&value)
+                }
+                .expect("serializable");
+                let index = PositionIndex::new(&text);
+                let mut all = Vec::new();
+                pointers(&value, String::new(), &mut all);
+                for (pointer, expected) in all {
+                    prop_assert!(index.contains(&pointer), "{pointer:?} not indexed in {text}");
+                    let offset = offset_of(&text, index.locate(&pointer));
+                    let rest = offset.and_then(|o| text.get(o..)).unwrap_or("");
+                    let found = serde_json::Deserializer::from_str(rest)
+                        .into_iter::<Value>()
+                        .next()
+                        .and_then(Result::ok);
+                    prop_assert_eq!(found.as_ref(), Some(expected), "{} in {}", pointer, text);
+                }
+            }
+
+            #[test]
+            fn arbitrary_text_never_panics(text in "\\PC{0,64}", offset in 0usize..80) {
+                let index = PositionIndex::new(&text);
+                let _ = index.locate("/a/0/b");
+                let _ = index.position_of_offset(offset);
+                let _ = position_of(text.as_bytes(), offset);
+                let _ = position_from_serde(text.as_bytes(), offset % 5, offset);
+            }
+        }
+    }
 }

@@ -131,11 +131,7 @@ impl Schema {
                         Value::Array(options) => {
                             let accepted: Vec<String> =
                                 options.iter().map(Value::to_string).collect();
-                            format!(
-                                "{} is not one of {}",
-                                error.instance(),
-                                accepted.join(", ")
-                            )
+                            format!("{} is not one of {}", error.instance(), accepted.join(", "))
                         }
                         _ => error.to_string(),
                     },
