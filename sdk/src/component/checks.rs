@@ -222,10 +222,7 @@ impl Checker<'_> {
             for direction in ["in", "out"] {
                 let source_at = pointer(&pointer(at, "metadata"), direction);
                 match metadata.get(direction) {
-                    Some(Value::Object(_)) => {
-                        let Some(schema) = metadata.get(direction) else {
-                            continue;
-                        };
+                    Some(schema @ Value::Object(_)) => {
                         for violation in Schema::Metadata.violations(schema) {
                             self.error(
                                 format!("{source_at}{}", violation.pointer),

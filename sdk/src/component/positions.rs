@@ -4,7 +4,7 @@
 //! already accepted. It still never panics on anything else: every unexpected byte ends the
 //! pass and pointers it did not reach fall back to their nearest indexed ancestor (or 1:1).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Nesting deeper than serde_json's own limit (128) cannot come from an accepted document; the
 /// cap only guards the recursion should this ever be fed something else.
@@ -247,7 +247,7 @@ impl Scanner<'_> {
             self.pos += 1;
             return Ok(());
         }
-        let mut seen: Vec<String> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
         loop {
             self.skip_ws();
             let key = self.string()?;
@@ -255,10 +255,8 @@ impl Scanner<'_> {
             self.expect(b':')?;
             self.skip_ws();
             let member = format!("{pointer}/{}", escape_token(&key));
-            if seen.contains(&key) {
+            if !seen.insert(key) {
                 self.duplicate_offsets.push((member.clone(), self.pos));
-            } else {
-                seen.push(key);
             }
             self.value(member, depth + 1)?;
             self.skip_ws();
