@@ -1,1 +1,239 @@
 //! The `component.json` schema and validator.
+//!
+//! A component is described by its `component.json` (see `component-schemas/README.md` and
+//! `component-schemas/component.schema.json`). This module
+//!
+//! * validates a descriptor against the JSON Schema and runs the checks a schema cannot
+//!   express — unique function names, select models, metadata presence and files, `{{name}}`
+//!   placeholders, `main` files — reporting each problem with its JSON pointer and the line and
+//!   column of the offending value ([`validate_file`], [`validate_str`], [`Report`]);
+//! * parses a descriptor into a tolerant typed [`ComponentDescriptor`] for the rest of the SDK;
+//! * exposes the other shipped schemas ([`Schema`]) and the `deckhand validate` command
+//!   ([`cli`]).
+//!
+//! ```
+//! use std::path::Path;
+//! use deckhand::component::{validate_str, Options, Severity};
+//!
+//! let source = r#"{
+//!   "title": "Petstore",
+//!   "description": "Pets",
+//!   "credentials": {"fields": {}},
+//!   "actions": {
+//!     "create-pet": {"title": "Create", "main": "./lib/actions/createPet.js", "dynamicMetadata": true}
+//!   }
+//! }"#;
+//! let report = validate_str(source, Path::new("component.json"), &Options::default());
+//! assert!(report.has_errors());
+//! let finding = &report.findings[0];
+//! assert_eq!(finding.severity, Severity::Error);
+//! assert_eq!(finding.pointer, "/actions/create-pet");
+//! assert_eq!((finding.line, finding.column), (6, 19));
+//! assert!(finding.to_string().starts_with("component.json:6:19: error: /actions/create-pet: invalid name"));
+//! ```
+
+mod checks;
+pub mod cli;
+mod descriptor;
+mod positions;
+mod schemas;
+mod template;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Serialize, Serializer};
+use thiserror::Error;
+
+pub use descriptor::{
+    ComponentDescriptor, CredentialsDescriptor, DynamicMetadata, EnvVarDescriptor, FieldDescriptor,
+    FieldModel, FunctionDescriptor, FunctionKind, MetadataDescriptor, MetadataSource,
+    OAuth2Descriptor,
+};
+pub use schemas::{Schema, Violation};
+pub use template::{Placeholder, TemplateError, placeholders, render_template};
+
+/// How serious a [`Finding`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The platform or a Sailor would reject or misrun the component.
+    Error,
+    /// Probably a mistake, but the component can run.
+    Warning,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        })
+    }
+}
+
+/// One problem found in a descriptor (or in a metadata file it references).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Error or warning.
+    pub severity: Severity,
+    /// The file the problem is in: the descriptor, or a metadata file it references.
+    #[serde(serialize_with = "serialize_path")]
+    pub file: PathBuf,
+    /// JSON pointer of the offending value in `file`; empty for the whole document. For a
+    /// missing property it is the object that lacks it.
+    pub pointer: String,
+    /// 1-based line of the value at `pointer` (or of the parser error).
+    pub line: usize,
+    /// 1-based column, counted in characters.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn serialize_path<S: Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&path.to_string_lossy())
+}
+
+impl fmt::Display for Finding {
+    /// `file:line:column: severity: pointer: message`, the pointer left out when empty.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: ",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.severity
+        )?;
+        if !self.pointer.is_empty() {
+            write!(f, "{}: ", self.pointer)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Everything found in one descriptor, ordered by file, line and column (the descriptor's
+/// own findings first).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// The findings, errors and warnings mixed.
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// Whether any finding is an error.
+    pub fn has_errors(&self) -> bool {
+        self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+
+    /// The errors.
+    pub fn errors(&self) -> impl Iterator<Item = &Finding> {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+    }
+
+    /// The warnings.
+    pub fn warnings(&self) -> impl Iterator<Item = &Finding> {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Warning)
+    }
+}
+
+impl fmt::Display for Report {
+    /// One finding per line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for finding in &self.findings {
+            writeln!(f, "{finding}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What [`validate_str`] may look at besides the text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Directory the descriptor's relative paths (metadata files, Node `main` modules) are
+    /// resolved against. `None` skips every check that reads the file system.
+    pub component_root: Option<PathBuf>,
+    /// Check that Node-style `main` modules exist under `component_root`. Java class names
+    /// are never looked up.
+    pub check_main_files: bool,
+}
+
+impl Options {
+    /// Options for a descriptor in `root`, with every file-system check on.
+    pub fn for_directory(root: impl Into<PathBuf>) -> Self {
+        Options {
+            component_root: Some(root.into()),
+            check_main_files: true,
+        }
+    }
+}
+
+/// Why a descriptor could not be validated at all.
+#[derive(Debug, Error)]
+pub enum ValidateError {
+    /// The descriptor could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file or directory that failed.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The path is neither a file nor a directory holding `component.json`.
+    #[error("{} is not a file or a component directory", path.display())]
+    NotAFile {
+        /// The offending path.
+        path: PathBuf,
+    },
+}
+
+/// Validates a `component.json`, or the `component.json` of a component directory, with every
+/// file-system check on (metadata files and Node `main` modules resolved next to it).
+///
+/// Problems in the descriptor are [`Finding`]s of the returned [`Report`]; only failing to read
+/// it is an `Err`.
+pub fn validate_file(path: &Path) -> Result<Report, ValidateError> {
+    let metadata = std::fs::metadata(path).map_err(|source| ValidateError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let file = if metadata.is_dir() {
+        path.join("component.json")
+    } else if metadata.is_file() {
+        path.to_owned()
+    } else {
+        return Err(ValidateError::NotAFile {
+            path: path.to_owned(),
+        });
+    };
+    let bytes = std::fs::read(&file).map_err(|source| ValidateError::Io {
+        path: file.clone(),
+        source,
+    })?;
+    let root = match file.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    Ok(validate_bytes(&bytes, &file, &Options::for_directory(root)))
+}
+
+/// Validates descriptor text; `file` is only used to label findings.
+pub fn validate_str(source: &str, file: &Path, options: &Options) -> Report {
+    checks::run(source, file, options)
+}
+
+/// Validates raw descriptor bytes: invalid UTF-8 is reported as an error at its position.
+pub fn validate_bytes(bytes: &[u8], file: &Path, options: &Options) -> Report {
+    match checks::decode(bytes, file) {
+        Ok(text) => checks::run(text, file, options),
+        Err(finding) => Report {
+            findings: vec![finding],
+        },
+    }
+}
