@@ -207,23 +207,23 @@ impl<C: Connector> ConnectorFunctions for C {
 }
 
 fn validate<C: Connector>(connector: &C, component_json: &str) -> u8 {
+    let file = Path::new("component.json");
+    let report = crate::component::validate_str(component_json, file, &Default::default());
+    print!("{report}");
     let descriptor: Value = match serde_json::from_str(component_json) {
         Ok(v) => v,
-        Err(e) => {
-            println!(
-                "component.json:{}:{}: error: invalid JSON: {e}",
-                e.line(),
-                e.column()
-            );
-            return EXIT_FAILURE;
-        }
+        // The report above already gives the parser's line and column.
+        Err(_) => return EXIT_FAILURE,
     };
     let problems = cross_check(connector, &descriptor);
     for p in &problems {
         println!("component.json: error: {p}");
     }
-    if problems.is_empty() {
-        println!("component.json: ok");
+    if problems.is_empty() && !report.has_errors() {
+        println!(
+            "component.json: ok ({} warning(s)); every trigger and action has a handler",
+            report.warnings().count()
+        );
         EXIT_OK
     } else {
         EXIT_FAILURE

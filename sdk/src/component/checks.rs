@@ -240,9 +240,25 @@ impl Checker<'_> {
         if let Some(Value::Object(fields)) = function.get("fields") {
             self.fields(&pointer(at, "fields"), fields, FieldsOwner::Function);
         }
-        if let Some(Value::String(main)) = function.get("main") {
-            self.main_file(&pointer(at, "main"), main);
+        match function.get("main") {
+            Some(Value::String(main)) => self.main_file(&pointer(at, "main"), main),
+            // Node's Sailor cannot load a function without a module; a Deckhand (Rust)
+            // component registers its handlers in code and needs none.
+            None if self.is_node_package() => self.error(
+                at.to_owned(),
+                "\"main\" is required in a Node component".to_owned(),
+            ),
+            _ => {}
         }
+    }
+
+    fn is_node_package(&self) -> bool {
+        self.options.check_main_files
+            && self
+                .options
+                .component_root
+                .as_ref()
+                .is_some_and(|root| root.join("package.json").is_file())
     }
 
     fn fields(&mut self, at: &str, fields: &Map<String, Value>, owner: FieldsOwner) {

@@ -88,7 +88,10 @@ impl Context {
 
     /// Emits a message for the next step.
     pub async fn emit_data(&self, message: Message) -> Result<(), EmitError> {
-        self.inner.emitter.emit(Event::Data(Box::new(message))).await
+        self.inner
+            .emitter
+            .emit(Event::Data(Box::new(message)))
+            .await
     }
 
     /// Emits an error; the input message will be rejected. (Returning `Err` from the function

@@ -62,12 +62,13 @@ mod session;
 
 use async_trait::async_trait;
 use reqwest_middleware::ClientWithMiddleware;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::auth::{Strategy, TokenEndpoint, TokenManager};
 use crate::credentials::Credentials;
 
+pub use crate::component::FunctionKind;
 pub use context::Context;
 pub use error::ConnectorError;
 pub use event::{
@@ -75,16 +76,6 @@ pub use event::{
 };
 pub use message::Message;
 pub use session::{DiscardEmitter, Outcome, Session, StepConfig};
-
-/// Whether a function starts a flow (trigger) or is a later step (action).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FunctionKind {
-    /// Listed under `triggers` in component.json.
-    Trigger,
-    /// Listed under `actions` in component.json.
-    Action,
-}
 
 /// A trigger or action a connector handles, by its component.json name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
