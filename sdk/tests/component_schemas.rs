@@ -45,7 +45,6 @@ fn examples(dir: &Path) -> BTreeMap<String, Value> {
 fn expected_failures(schema: Schema) -> &'static [(&'static str, &'static [&'static str])] {
     match schema {
         Schema::Component => &[
-            ("action-without-main.json", &["/actions/a"]),
             ("bad-auth-client-type.json", &["/authClientTypes/1"]),
             ("bad-function-name.json", &["/triggers/get-pets"]),
             ("bad-trigger-type.json", &["/triggers/t/type"]),
