@@ -67,6 +67,29 @@ enum Command {
     },
     /// Print the embedded component.json.
     Component,
+    /// Run as a worker: over RabbitMQ with the elastic.io protocol (configured by the
+    /// `ELASTICIO_*` environment variables), or with `--local` over JSON lines (no broker).
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Use the local transport: messages as JSON lines from --input, events as JSON lines on
+    /// standard output, rotated keys written to --credentials.
+    #[arg(long)]
+    local: bool,
+    /// Step file: `{"function": …, "config": {…}, "snapshot": {…}}`.
+    #[arg(long, env = "DECKHAND_STEP_FILE")]
+    step: Option<PathBuf>,
+    /// The trigger or action to run (overrides the step file's `function`).
+    #[arg(long)]
+    function: Option<String>,
+    /// (--local) JSON file with the credential's keys; rotated keys are written back to it.
+    #[arg(long)]
+    credentials: Option<PathBuf>,
+    /// (--local) Messages as JSON lines: a file, or `-` for standard input.
+    #[arg(long, default_value = "-")]
+    input: String,
 }
 
 /// Runs a connector binary's command line. Call it from `main`:
@@ -114,6 +137,7 @@ pub fn main<C: Connector>(connector: C, component_json: &'static str) -> ExitCod
             Command::Verify { credentials } => {
                 verify(connector, component_json, &credentials).await
             }
+            Command::Run(args) => run(connector, component_json, args).await,
             Command::Exec {
                 function,
                 credentials,
@@ -399,5 +423,103 @@ async fn exec<C: Connector>(connector: Arc<C>, component_json: &str, args: ExecA
         EXIT_FAILURE
     } else {
         EXIT_OK
+    }
+}
+
+/// A step: the function to run, its configuration fields and its snapshot.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct StepFile {
+    /// The trigger or action.
+    #[serde(default)]
+    pub function: Option<String>,
+    /// Configuration fields.
+    #[serde(default)]
+    pub config: Map<String, Value>,
+    /// The snapshot.
+    #[serde(default)]
+    pub snapshot: Value,
+}
+
+fn read_step(path: Option<&Path>) -> Result<StepFile, String> {
+    match path {
+        None => Ok(StepFile::default()),
+        Some(path) => {
+            let value = read_json(&path.to_string_lossy())?;
+            serde_json::from_value(value).map_err(|e| format!("{}: {e}", path.display()))
+        }
+    }
+}
+
+async fn run<C: Connector>(connector: Arc<C>, component_json: &str, args: RunArgs) -> u8 {
+    if !args.local {
+        return crate::runtime::run_worker(connector, component_json).await;
+    }
+    let step = match read_step(args.step.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return usage_error(e),
+    };
+    let Some(function) = args.function.or(step.function) else {
+        return usage_error("no function to run: give --function or a step file with \"function\"");
+    };
+    let lines = JsonLines::stdout();
+    let (credentials, sink): (Option<Credentials>, Arc<dyn KeysSink>) = match &args.credentials {
+        Some(path) => match load_credentials(path, component_json) {
+            Ok(c) => (
+                Some(c),
+                Arc::new(FileKeysSink::new(
+                    CredentialsFile::new(path),
+                    Some(lines.clone()),
+                )),
+            ),
+            Err(e) => return usage_error(e),
+        },
+        None => (None, Arc::new(MemorySink::new())),
+    };
+    let step = StepConfig {
+        fields: step.config,
+        credentials,
+        snapshot: if step.snapshot.is_null() {
+            Value::Object(Map::new())
+        } else {
+            step.snapshot
+        },
+    };
+    let session = match Session::new(connector, step, sink) {
+        Ok(s) => s,
+        Err(e) => return usage_error(e),
+    };
+    let result = if args.input == "-" {
+        crate::transport::run_local(
+            &session,
+            &function,
+            tokio::io::BufReader::new(tokio::io::stdin()),
+            lines,
+        )
+        .await
+    } else {
+        match tokio::fs::File::open(&args.input).await {
+            Ok(file) => {
+                crate::transport::run_local(
+                    &session,
+                    &function,
+                    tokio::io::BufReader::new(file),
+                    lines,
+                )
+                .await
+            }
+            Err(e) => return usage_error(format!("{}: {e}", args.input)),
+        }
+    };
+    match result {
+        Ok(stats) => {
+            tracing::info!(
+                processed = stats.processed,
+                failed = stats.failed,
+                rejected = stats.rejected,
+                "local run finished"
+            );
+            EXIT_OK
+        }
+        Err(e) => usage_error(format!("reading {}: {e}", args.input)),
     }
 }

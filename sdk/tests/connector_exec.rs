@@ -282,3 +282,104 @@ fn validate_cross_checks_and_component_prints_the_descriptor() {
     let descriptor: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(descriptor["title"], "Petstore (Deckhand example)");
 }
+
+#[test]
+fn run_local_processes_json_lines_rejects_bad_lines_and_persists_rotations() {
+    let mut server = mockito::Server::new();
+    // Single-use refresh tokens: R1 -> R2 -> R3; reusing one would fail.
+    let first = server
+        .mock("POST", "/token")
+        .match_body(mockito::Matcher::UrlEncoded(
+            "refresh_token".into(),
+            "R1".into(),
+        ))
+        .with_header("content-type", "application/json")
+        .with_body(r#"{"access_token":"A2","refresh_token":"R2","expires_in":3600}"#)
+        .expect(1)
+        .create();
+    let _pet = server
+        .mock("GET", "/pets/1")
+        .match_header("authorization", "Bearer A2")
+        .with_body(r#"{"id":1,"name":"Rex"}"#)
+        .create();
+    let dir = tempfile::tempdir().unwrap();
+    let creds = credentials(
+        &dir,
+        &server,
+        json!({"access_token": "A1", "refresh_token": "R1", "expires_at": 1}),
+    );
+    let input = dir.path().join("messages.jsonl");
+    std::fs::write(
+        &input,
+        "{\"body\":{\"ids\":[1]}}\nnot json\n\n[1,2]\n{\"ids\":[1]}\n",
+    )
+    .unwrap();
+    let output = Command::new(petstore())
+        .args(["run", "--local", "--function", "getPets", "--credentials"])
+        .arg(&creds)
+        .arg("--input")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let events = read_events(&output);
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "updateKeys",
+            "data",
+            "end",
+            "error",
+            "end",
+            "error",
+            "end",
+            "data",
+            "end"
+        ],
+        "{events:#?}"
+    );
+    assert!(
+        events[3]["data"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("input line 2: not JSON")
+    );
+    assert_eq!(
+        events[5]["data"]["message"],
+        "input line 4: the message must be a JSON object"
+    );
+    first.assert();
+    let stored: Value = serde_json::from_slice(&std::fs::read(&creds).unwrap()).unwrap();
+    assert_eq!(stored["oauth"]["refresh_token"], "R2");
+
+    // A restart continues from the persisted keys: after expiry it refreshes with R2, not R1.
+    let mut stored = stored;
+    stored["oauth"]["expires_at"] = json!(1);
+    std::fs::write(&creds, serde_json::to_vec(&stored).unwrap()).unwrap();
+    let second = server
+        .mock("POST", "/token")
+        .match_body(mockito::Matcher::UrlEncoded(
+            "refresh_token".into(),
+            "R2".into(),
+        ))
+        .with_header("content-type", "application/json")
+        .with_body(r#"{"access_token":"A2","refresh_token":"R3","expires_in":3600}"#)
+        .expect(1)
+        .create();
+    let output = Command::new(petstore())
+        .args(["run", "--local", "--function", "getPets", "--credentials"])
+        .arg(&creds)
+        .arg("--input")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    second.assert();
+    first.assert();
+    let stored: Value = serde_json::from_slice(&std::fs::read(&creds).unwrap()).unwrap();
+    assert_eq!(stored["oauth"]["refresh_token"], "R3");
+}

@@ -3,5 +3,7 @@
 //! Used by a connector binary's `exec` command and by the local transport of `run --local`.
 
 mod lines;
+mod local;
 
 pub use lines::{FileKeysSink, JsonLines, LinesEmitter};
+pub use local::{LocalRunStats, run_local};
