@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// Upper bound for [`EmulatorConfig::token_lifetime`] (keeps time arithmetic far from overflow).
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// A confidential OAuth2 client registered with the emulator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OAuthClient {
@@ -148,6 +151,9 @@ impl EmulatorConfig {
     pub(crate) fn validate(&self) -> Result<(), String> {
         if self.clients.is_empty() {
             return Err("at least one OAuth client must be configured".into());
+        }
+        if self.token_lifetime > MAX_TOKEN_LIFETIME {
+            return Err("token_lifetime must be at most 10 years".into());
         }
         if self.salesforce_page_size == 0 {
             return Err("salesforce_page_size must be at least 1".into());
