@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
@@ -21,7 +21,7 @@ use serde_json::{Map, Value, json};
 
 use crate::filter::{CmpOp, Condition, Literal, Record, lookup_field, sort_records};
 use crate::guard::Caller;
-use crate::respond::{graph_error, json_response, parse_query, query_param};
+use crate::respond::{Params, graph_error, json_response, parse_query, query_param};
 use crate::state::{AppState, Shared, lock};
 use crate::time::{graph_datetime, now_utc, seed_epoch};
 
@@ -508,7 +508,7 @@ pub(crate) async fn list_users(
 /// `GET /v1.0/users/{id-or-upn}`.
 pub(crate) async fn get_user(
     State(shared): State<AppState>,
-    Path(id): Path<String>,
+    Params(id): Params<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
     let params = parse_query(raw.as_deref());
@@ -560,7 +560,7 @@ fn user_response(shared: &Shared, id: &str, params: &[(String, String)]) -> Resp
 /// modelled, every folder is the whole mailbox).
 pub(crate) async fn user_messages(
     State(shared): State<AppState>,
-    Path(id): Path<String>,
+    Params(id): Params<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
     messages_response(
@@ -574,7 +574,7 @@ pub(crate) async fn user_messages(
 /// `GET /v1.0/users/{id}/mailFolders/{folder}/messages`.
 pub(crate) async fn user_folder_messages(
     State(shared): State<AppState>,
-    Path((id, folder)): Path<(String, String)>,
+    Params((id, folder)): Params<(String, String)>,
     RawQuery(raw): RawQuery,
 ) -> Response {
     let path = format!("/v1.0/users/{id}/mailFolders/{folder}/messages");
@@ -597,7 +597,7 @@ pub(crate) async fn me_messages(
 pub(crate) async fn me_folder_messages(
     State(shared): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(folder): Path<String>,
+    Params(folder): Params<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
     let path = format!("/v1.0/me/mailFolders/{folder}/messages");
@@ -631,7 +631,7 @@ fn messages_response(shared: &Shared, id: &str, raw: Option<&str>, path: &str) -
 /// `POST /v1.0/users/{id}/sendMail`.
 pub(crate) async fn send_mail(
     State(shared): State<AppState>,
-    Path(id): Path<String>,
+    Params(id): Params<String>,
     body: Bytes,
 ) -> Response {
     send_mail_as(&shared, &id, &body)

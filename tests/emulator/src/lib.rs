@@ -55,8 +55,17 @@
 //!     .await?;
 //! assert_eq!(me["userPrincipalName"], "user1@deckhand.test");
 //!
-//! // The used refresh token is now spent: replaying it revokes the family.
-//! assert_eq!(emulator.counters().successful_refreshes, 1);
+//! // Refresh tokens are single-use: replaying the spent one answers `invalid_grant` and
+//! // revokes the whole family, including the access token issued above.
+//! let replay = http
+//!     .post(emulator.microsoft_token_url())
+//!     .basic_auth(&client.id, Some(&client.secret))
+//!     .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token.as_str())])
+//!     .send()
+//!     .await?;
+//! assert_eq!(replay.status(), 400);
+//! let counters = emulator.counters();
+//! assert_eq!((counters.successful_refreshes, counters.family_revocations), (1, 1));
 //! emulator.shutdown().await;
 //! # Ok(())
 //! # }

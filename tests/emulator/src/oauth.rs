@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use base64::Engine as _;
@@ -16,7 +16,7 @@ use crate::config::{AccessTokenFormat, ExpiresInFormat, OAuthClient};
 use crate::counters::bump;
 use crate::faults::TokenFault;
 use crate::jwt;
-use crate::respond::{json_response, oauth_error, with_retry_after};
+use crate::respond::{Params, json_response, oauth_error, with_retry_after};
 use crate::salesforce::{ORG_ID, identity_url};
 use crate::state::{AppState, Shared, lock};
 use crate::tokens::{Api, Family, random_string};
@@ -80,7 +80,7 @@ impl OAuthError {
 /// `POST /{tenant}/oauth2/v2.0/token`.
 pub(crate) async fn microsoft_token(
     State(shared): State<AppState>,
-    Path(tenant): Path<String>,
+    Params(tenant): Params<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {

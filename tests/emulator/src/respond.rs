@@ -1,8 +1,11 @@
 //! Response builders for the error shapes of each emulated provider.
 
 use axum::Json;
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::time::{graph_datetime, now_utc};
@@ -76,4 +79,35 @@ pub(crate) fn query_param<'a>(params: &'a [(String, String)], name: &str) -> Opt
         .rev()
         .find(|(key, _)| key == name)
         .map(|(_, value)| value.as_str())
+}
+
+/// Path parameters, like axum's `Path`, but a rejection (e.g. invalid percent-encoding)
+/// answers JSON in the shape of the API the path belongs to instead of plain text.
+#[derive(Debug)]
+pub(crate) struct Params<T>(pub(crate) T);
+
+impl<S, T> FromRequestParts<S> for Params<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Params(value)),
+            Err(rejection) => {
+                let message = rejection.body_text();
+                let path = parts.uri.path();
+                let status = StatusCode::BAD_REQUEST;
+                Err(if path.starts_with("/v1.0/") {
+                    graph_error(status, "BadRequest", &message)
+                } else if path.starts_with("/services/data") || path.starts_with("/id/") {
+                    salesforce_error(status, "MALFORMED_URL", &message)
+                } else {
+                    oauth_error(status, "invalid_request", &message)
+                })
+            }
+        }
+    }
 }

@@ -4,14 +4,14 @@
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Duration as ChronoDuration;
 use serde_json::{Map, Value, json};
 
 use crate::filter::{Record, lookup_field, sort_records};
-use crate::respond::{json_response, parse_query, query_param, salesforce_error};
+use crate::respond::{Params, json_response, parse_query, query_param, salesforce_error};
 use crate::soql;
 use crate::state::{AppState, lock};
 use crate::time::{now_utc, salesforce_datetime, seed_epoch};
@@ -308,7 +308,7 @@ pub(crate) async fn versions() -> Response {
 }
 
 /// `GET /services/data/v{version}` — the resources of a version.
-pub(crate) async fn resources(Path(version): Path<String>) -> Response {
+pub(crate) async fn resources(Params(version): Params<String>) -> Response {
     if let Err(response) = check_version(&version) {
         return response;
     }
@@ -326,7 +326,7 @@ pub(crate) async fn resources(Path(version): Path<String>) -> Response {
 /// `GET /services/data/v{version}/query?q=SOQL`.
 pub(crate) async fn query(
     State(shared): State<AppState>,
-    Path(version): Path<String>,
+    Params(version): Params<String>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
@@ -404,7 +404,7 @@ pub(crate) async fn query(
 /// `GET /services/data/v{version}/query/{locator}` — the next page of a query.
 pub(crate) async fn query_more(
     State(shared): State<AppState>,
-    Path((version, locator)): Path<(String, String)>,
+    Params((version, locator)): Params<(String, String)>,
 ) -> Response {
     if let Err(response) = check_version(&version) {
         return response;
@@ -470,7 +470,7 @@ fn batch_size(headers: &HeaderMap) -> Option<usize> {
 /// `POST /services/data/v{version}/sobjects/{Object}` — create.
 pub(crate) async fn create(
     State(shared): State<AppState>,
-    Path((version, object)): Path<(String, String)>,
+    Params((version, object)): Params<(String, String)>,
     body: Bytes,
 ) -> Response {
     if let Err(response) = check_version(&version) {
@@ -490,12 +490,12 @@ pub(crate) async fn create(
 /// `GET /services/data/v{version}/sobjects/{Object}/{id}` — lookup by id.
 pub(crate) async fn get_by_id(
     State(shared): State<AppState>,
-    Path((version, object, id)): Path<(String, String, String)>,
+    Params((version, object, id)): Params<(String, String, String)>,
     RawQuery(raw): RawQuery,
 ) -> Response {
     get_by_field(
         State(shared),
-        Path((version, object, "Id".to_owned(), id)),
+        Params((version, object, "Id".to_owned(), id)),
         RawQuery(raw),
     )
     .await
@@ -506,7 +506,7 @@ pub(crate) async fn get_by_id(
 /// `?fields=A,B` limits the returned fields.
 pub(crate) async fn get_by_field(
     State(shared): State<AppState>,
-    Path((version, object, field, value)): Path<(String, String, String, String)>,
+    Params((version, object, field, value)): Params<(String, String, String, String)>,
     RawQuery(raw): RawQuery,
 ) -> Response {
     if let Err(response) = check_version(&version) {
@@ -553,7 +553,7 @@ pub(crate) async fn get_by_field(
 /// `PATCH /services/data/v{version}/sobjects/{Object}/{id}` — update by id (204).
 pub(crate) async fn update_by_id(
     State(shared): State<AppState>,
-    Path((version, object, id)): Path<(String, String, String)>,
+    Params((version, object, id)): Params<(String, String, String)>,
     body: Bytes,
 ) -> Response {
     if let Err(response) = check_version(&version) {
@@ -578,7 +578,7 @@ pub(crate) async fn update_by_id(
 /// 300 when several records match.
 pub(crate) async fn upsert(
     State(shared): State<AppState>,
-    Path((version, object, field, value)): Path<(String, String, String, String)>,
+    Params((version, object, field, value)): Params<(String, String, String, String)>,
     body: Bytes,
 ) -> Response {
     if let Err(response) = check_version(&version) {
@@ -590,7 +590,7 @@ pub(crate) async fn upsert(
     };
     if field.eq_ignore_ascii_case("Id") {
         // `PATCH .../Account/Id/{id}` is an update by id.
-        return update_by_id(State(shared), Path((version, object, value)), body).await;
+        return update_by_id(State(shared), Params((version, object, value)), body).await;
     }
     let mut store = lock(&shared.salesforce);
     let matches = store.find(&object, &field, &value);
@@ -666,7 +666,7 @@ pub(crate) async fn userinfo(State(shared): State<AppState>) -> Response {
 /// `GET /id/{org}/{user}` — the identity URL (`id` in token responses).
 pub(crate) async fn identity(
     State(shared): State<AppState>,
-    Path((org, user)): Path<(String, String)>,
+    Params((org, user)): Params<(String, String)>,
 ) -> Response {
     if org != ORG_ID || user != USER_ID {
         return not_found();

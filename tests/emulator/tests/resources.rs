@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 #[tokio::test]
 async fn expired_access_tokens_get_each_providers_401_body() {
     let emulator = start(EmulatorConfig {
-        token_lifetime: Duration::from_millis(700),
+        token_lifetime: Duration::from_secs(2),
         ..EmulatorConfig::default()
     })
     .await;
@@ -27,7 +27,7 @@ async fn expired_access_tokens_get_each_providers_401_body() {
         StatusCode::OK
     );
 
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
 
     let graph_reply = get(&emulator, "/v1.0/me", &graph).await;
     assert_eq!(graph_reply.status, StatusCode::UNAUTHORIZED);
@@ -596,4 +596,37 @@ async fn unknown_paths_are_json_404() {
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"], "not_found");
+
+    // Undecodable path parameters answer JSON in the API's shape, not plain text.
+    let token = graph_app_token(&emulator)
+        .await
+        .str("access_token")
+        .to_owned();
+    let bad = get(&emulator, "/v1.0/users/%FF", &token).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.body["error"]["code"], "BadRequest");
+    let bad_tenant = post_form(
+        &format!("{}/%FF/oauth2/v2.0/token", emulator.base_url()),
+        &[],
+    )
+    .await;
+    assert_eq!(bad_tenant.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad_tenant.body["error"], "invalid_request");
+}
+
+#[tokio::test]
+async fn sub_second_lifetimes_expire_exactly() {
+    let emulator = start(EmulatorConfig {
+        token_lifetime: Duration::from_millis(300),
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let reply = graph_app_token(&emulator).await;
+    assert_eq!(reply.body["expires_in"], 0, "whole seconds, rounded down");
+    let token = reply.str("access_token").to_owned();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        get(&emulator, "/v1.0/users", &token).await.status,
+        StatusCode::UNAUTHORIZED
+    );
 }
