@@ -373,7 +373,7 @@ impl Emulator {
     // ---- faults ------------------------------------------------------------------------------
 
     /// The next `n` resource requests (Salesforce data and Graph) answer `fault` instead of
-    /// being served. Faults queue up: calling this twice serves the first batch, then the
+    /// being served; faults are served before the Bearer token is checked. Faults queue up: calling this twice serves the first batch, then the
     /// second.
     pub fn fail_next_resource_requests(&self, n: usize, fault: ResourceFault) {
         lock(&self.shared.faults)
@@ -381,8 +381,9 @@ impl Emulator {
             .extend(std::iter::repeat_n(fault, n));
     }
 
-    /// The next `n` token requests (either token endpoint) answer `fault`. Injected faults do
-    /// not touch token state.
+    /// The next `n` token requests (either token endpoint) answer `fault`. Faults are served
+    /// before the request is validated (client authentication included) and never touch token
+    /// state: an injected `InvalidGrant` does not consume the presented refresh token.
     pub fn fail_next_token_requests(&self, n: usize, fault: TokenFault) {
         lock(&self.shared.faults)
             .token
