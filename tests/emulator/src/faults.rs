@@ -1,0 +1,50 @@
+//! Fault injection: queued failures served instead of the normal answer.
+
+use std::collections::VecDeque;
+
+/// A failure served by a resource endpoint (Salesforce data / Graph API) instead of the
+/// normal answer. The body has the emulated provider's error shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceFault {
+    /// 401 with the provider's "invalid/expired token" body (the token itself is untouched).
+    Unauthorized,
+    /// 429, with `Retry-After: <secs>` when given.
+    TooManyRequests {
+        /// Value of the `Retry-After` header, in seconds.
+        retry_after_secs: Option<u64>,
+    },
+    /// 503, with `Retry-After: <secs>` when given.
+    ServiceUnavailable {
+        /// Value of the `Retry-After` header, in seconds.
+        retry_after_secs: Option<u64>,
+    },
+    /// 500.
+    InternalServerError,
+}
+
+/// A failure served by a token endpoint instead of the normal answer. Injected faults never
+/// touch token state: an injected `InvalidGrant` does not consume the refresh token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenFault {
+    /// 400 `{"error":"invalid_grant"}`.
+    InvalidGrant,
+    /// 429 `{"error":"temporarily_unavailable"}`, with `Retry-After` when given.
+    TooManyRequests {
+        /// Value of the `Retry-After` header, in seconds.
+        retry_after_secs: Option<u64>,
+    },
+    /// 503 `{"error":"temporarily_unavailable"}`, with `Retry-After` when given.
+    ServiceUnavailable {
+        /// Value of the `Retry-After` header, in seconds.
+        retry_after_secs: Option<u64>,
+    },
+    /// 500 `{"error":"server_error"}`.
+    InternalServerError,
+}
+
+/// FIFO queues of pending faults; each request pops at most one.
+#[derive(Debug, Default)]
+pub(crate) struct FaultQueues {
+    pub(crate) resource: VecDeque<ResourceFault>,
+    pub(crate) token: VecDeque<TokenFault>,
+}
