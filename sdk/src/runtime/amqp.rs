@@ -226,7 +226,8 @@ impl ConnSlot {
                 tokio::time::sleep(self.retry_delay).await;
                 debug!(connection = %self.name, attempt, "AMQP reconnecting");
             }
-            let props = ConnectionProperties::default().with_connection_name(self.name.clone().into());
+            let props =
+                ConnectionProperties::default().with_connection_name(self.name.clone().into());
             match tokio::time::timeout(
                 self.connect_timeout,
                 Connection::connect_uri(self.uri.clone(), props),
@@ -365,7 +366,10 @@ impl Throttle {
         // Holding the lock while sleeping queues waiters fairly (tokio's Mutex is FIFO).
         let mut starts = self.starts.lock().await;
         let now = Instant::now();
-        while starts.front().is_some_and(|t| now.duration_since(*t) >= self.interval) {
+        while starts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.interval)
+        {
             starts.pop_front();
         }
         if starts.len() >= self.limit
@@ -518,7 +522,9 @@ impl PublisherInner {
             && channel.status().connected()
         {
             tokio::spawn(async move {
-                let _ = channel.close(200, "discarded after publish failure".into()).await;
+                let _ = channel
+                    .close(200, "discarded after publish failure".into())
+                    .await;
             });
         }
     }
@@ -539,16 +545,22 @@ impl PublisherInner {
         };
         let result = async {
             let confirm = channel
-                .basic_publish(exchange, routing_key, options, &p.body, p.amqp_properties(retry))
+                .basic_publish(
+                    exchange,
+                    routing_key,
+                    options,
+                    &p.body,
+                    p.amqp_properties(retry),
+                )
                 .await
                 .map_err(|e| AttemptError::Publish(e.to_string()))?;
             match tokio::time::timeout(self.confirm_timeout, confirm).await {
                 Err(_) => Err(AttemptError::ConfirmTimeout(self.confirm_timeout)),
                 Ok(Err(e)) => Err(AttemptError::Publish(e.to_string())),
                 Ok(Ok(Confirmation::Nack(_))) => Err(AttemptError::Nack),
-                Ok(Ok(Confirmation::Ack(returned))) => Ok(returned.map(|r| {
-                    (r.reply_code, r.reply_text.as_str().to_owned())
-                })),
+                Ok(Ok(Confirmation::Ack(returned))) => {
+                    Ok(returned.map(|r| (r.reply_code, r.reply_text.as_str().to_owned())))
+                }
                 // The channel is in confirm mode, so this means something reset it.
                 Ok(Ok(Confirmation::NotRequested)) => Err(AttemptError::Channel(
                     "publisher confirms are not enabled on the channel".into(),
@@ -558,7 +570,9 @@ impl PublisherInner {
         .await;
         if matches!(
             result,
-            Err(AttemptError::Publish(_) | AttemptError::ConfirmTimeout(_) | AttemptError::Channel(_))
+            Err(AttemptError::Publish(_)
+                | AttemptError::ConfirmTimeout(_)
+                | AttemptError::Channel(_))
         ) {
             self.discard(generation).await;
         }
@@ -679,7 +693,9 @@ impl Consumer {
                 item = sub.consumer.next() => item,
             };
             match item {
-                Some(Ok(d)) => return Some(Delivery::from_lapin(d, sub.channel.clone(), sub.generation)),
+                Some(Ok(d)) => {
+                    return Some(Delivery::from_lapin(d, sub.channel.clone(), sub.generation));
+                }
                 Some(Err(e)) => {
                     warn!(queue = %self.queue, error = %e, "consumer channel failed; reconnecting");
                     self.subscription = None;
@@ -730,12 +746,18 @@ impl Consumer {
             .basic_qos(self.prefetch, BasicQosOptions { global: false })
             .await
             .map_err(|e| TransportError::Channel(e.to_string()))?;
-        let queue = ShortString::try_new(self.queue.clone()).map_err(|e| TransportError::Subscribe {
-            queue: self.queue.clone(),
-            reason: e.to_string(),
-        })?;
+        let queue =
+            ShortString::try_new(self.queue.clone()).map_err(|e| TransportError::Subscribe {
+                queue: self.queue.clone(),
+                reason: e.to_string(),
+            })?;
         let consumer = channel
-            .basic_consume(queue, "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                queue,
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .map_err(|e| TransportError::Subscribe {
                 queue: self.queue.clone(),
@@ -876,7 +898,10 @@ pub(crate) mod test_support {
             if self.settled.swap(true, Ordering::SeqCst) {
                 return Err(SettleError::AlreadySettled);
             }
-            self.log.lock().unwrap_or_else(|e| e.into_inner()).push((tag, outcome));
+            self.log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((tag, outcome));
             Ok(())
         }
     }
@@ -891,10 +916,7 @@ pub(crate) mod test_support {
     ) -> Delivery {
         let mut headers = FieldTable::default();
         if let Some(id) = message_id {
-            headers.insert(
-                "messageId".into(),
-                crate::runtime::protocol::js_string(id),
-            );
+            headers.insert("messageId".into(), crate::runtime::protocol::js_string(id));
         }
         Delivery {
             incoming: Incoming::new(

@@ -438,7 +438,7 @@ pub enum LaunchConfig {
     /// Consume and process messages.
     Worker(Box<RuntimeConfig>),
     /// Run the component's `shutdown` hook and exit.
-    ShutdownHook(ShutdownHookConfig),
+    ShutdownHook(Box<ShutdownHookConfig>),
 }
 
 impl LaunchConfig {
@@ -460,13 +460,13 @@ impl LaunchConfig {
             let component_path = r.optional("COMPONENT_PATH").unwrap_or_default();
             let log = r.log_context();
             r.finish()?;
-            Ok(Self::ShutdownHook(ShutdownHookConfig {
+            Ok(Self::ShutdownHook(Box::new(ShutdownHookConfig {
                 identity,
                 step_source,
                 api_retry,
                 component_path,
                 log,
-            }))
+            })))
         } else {
             RuntimeConfig::read(r).map(|c| Self::Worker(Box::new(c)))
         }
@@ -491,8 +491,9 @@ impl RuntimeConfig {
         let identity = r.identity();
         let step_source = r.step_source();
 
-        let uri = r.required("AMQP_URI").and_then(|raw| {
-            match AmqpUri::parse(&raw) {
+        let uri = r
+            .required("AMQP_URI")
+            .and_then(|raw| match AmqpUri::parse(&raw) {
                 Ok(uri) if uri.parsed().scheme == AMQPScheme::AMQPS => {
                     r.problem(
                         "AMQP_URI",
@@ -505,8 +506,7 @@ impl RuntimeConfig {
                     r.problem("AMQP_URI", reason);
                     None
                 }
-            }
-        });
+            });
         let listen_messages_on = r.required_short("LISTEN_MESSAGES_ON");
         let publish_messages_to = r.required_short("PUBLISH_MESSAGES_TO");
         let data_routing_key = r.required_short("DATA_ROUTING_KEY");
@@ -563,7 +563,12 @@ impl RuntimeConfig {
 
         let protocol_version = match r.optional("PROTOCOL_VERSION") {
             None => ProtocolVersion::V1,
-            Some(v) => match v.trim().parse::<i64>().ok().and_then(ProtocolVersion::from_number) {
+            Some(v) => match v
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .and_then(ProtocolVersion::from_number)
+            {
                 Some(pv) => pv,
                 None => {
                     r.problem("PROTOCOL_VERSION", "must be 1 or 2");
@@ -916,7 +921,10 @@ impl Reader {
             "true" | "1" | "yes" | "on" => true,
             "false" | "0" | "no" | "off" => false,
             _ => {
-                self.problem(key, "must be true/false (also accepted: 1/0, yes/no, on/off)");
+                self.problem(
+                    key,
+                    "must be true/false (also accepted: 1/0, yes/no, on/off)",
+                );
                 default
             }
         }
@@ -947,7 +955,10 @@ impl Reader {
                 };
                 let username = self.optional("API_USERNAME");
                 if username.is_none() {
-                    self.problem("API_USERNAME", "is missing (required with ELASTICIO_API_URI)");
+                    self.problem(
+                        "API_USERNAME",
+                        "is missing (required with ELASTICIO_API_URI)",
+                    );
                 }
                 let key = self.optional("API_KEY");
                 if key.is_none() {
@@ -1023,5 +1034,536 @@ impl Reader {
                 .cloned()
                 .unwrap_or_else(|| "info".to_owned()),
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) const PASSWORD: &str = "testCryptoPassword";
+    pub(crate) const AMQP_PASSWORD: &str = "s3cr3t-amqp-pw";
+    const API_KEY: &str = "api-key-0123456789";
+
+    /// A complete, valid worker environment.
+    pub(crate) fn base_env() -> Vec<(String, String)> {
+        [
+            ("ELASTICIO_FLOW_ID", "5559edd38968ec0736000003"),
+            ("ELASTICIO_EXEC_ID", "some-exec-id"),
+            ("ELASTICIO_STEP_ID", "step_1"),
+            (
+                "ELASTICIO_CONTAINER_ID",
+                "dc1c8c3f-f9cb-49e1-a6b8-716af9e15948",
+            ),
+            ("ELASTICIO_WORKSPACE_ID", "5559edd38968ec073600683"),
+            ("ELASTICIO_USER_ID", "5559edd38968ec0736000002"),
+            ("ELASTICIO_COMP_ID", "5559edd38968ec0736000456"),
+            ("ELASTICIO_FUNCTION", "list"),
+            (
+                "ELASTICIO_AMQP_URI",
+                "amqp://guest:s3cr3t-amqp-pw@127.0.0.1:5672/%2f",
+            ),
+            (
+                "ELASTICIO_LISTEN_MESSAGES_ON",
+                "5559edd38968ec0736000003:step_1:1432205514864:messages",
+            ),
+            (
+                "ELASTICIO_PUBLISH_MESSAGES_TO",
+                "userexchange:5527f0ea43238e5d5f000001",
+            ),
+            (
+                "ELASTICIO_DATA_ROUTING_KEY",
+                "5559edd38968ec0736000003.step_1.1432205514864.message",
+            ),
+            (
+                "ELASTICIO_ERROR_ROUTING_KEY",
+                "5559edd38968ec0736000003.step_1.1432205514864.error",
+            ),
+            (
+                "ELASTICIO_REBOUND_ROUTING_KEY",
+                "5559edd38968ec0736000003.step_1.1432205514864.rebound",
+            ),
+            (
+                "ELASTICIO_SNAPSHOT_ROUTING_KEY",
+                "5559edd38968ec0736000003.step_1.1432205514864.snapshot",
+            ),
+            ("ELASTICIO_MESSAGE_CRYPTO_IV", "iv=any16_symbols"),
+            ("ELASTICIO_MESSAGE_CRYPTO_PASSWORD", PASSWORD),
+            ("ELASTICIO_API_URI", "https://api.example.invalid"),
+            ("ELASTICIO_API_USERNAME", "task-user@example.invalid"),
+            ("ELASTICIO_API_KEY", API_KEY),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    pub(crate) fn with(mut env: Vec<(String, String)>, k: &str, v: &str) -> Vec<(String, String)> {
+        env.retain(|(key, _)| key != k);
+        env.push((k.to_owned(), v.to_owned()));
+        env
+    }
+
+    fn without(mut env: Vec<(String, String)>, k: &str) -> Vec<(String, String)> {
+        env.retain(|(key, _)| key != k);
+        env
+    }
+
+    fn err(env: Vec<(String, String)>) -> ConfigError {
+        RuntimeConfig::from_vars(env).expect_err("config must be rejected")
+    }
+
+    #[test]
+    fn defaults_match_the_node_runtime() {
+        let c = RuntimeConfig::from_vars(base_env()).unwrap();
+        assert_eq!(c.identity.flow_id, "5559edd38968ec0736000003");
+        assert_eq!(c.identity.function, "list");
+        assert_eq!(c.amqp.prefetch, 1);
+        assert_eq!(c.rebound.initial_expiration, Duration::from_millis(15_000));
+        assert_eq!(c.rebound.limit, 20);
+        assert_eq!(
+            c.rate_limits,
+            RateLimits {
+                data: 10,
+                error: 2,
+                snapshot: 2,
+                interval: Duration::from_millis(100)
+            }
+        );
+        assert!(c.amqp.process_amqp_drain);
+        assert_eq!(c.amqp.publish_retry, PublishRetry::default());
+        assert_eq!(c.amqp.publish_retry.delay, Duration::from_millis(100));
+        assert_eq!(
+            c.amqp.publish_retry.max_delay,
+            Duration::from_millis(300_000)
+        );
+        assert_eq!(c.amqp.publish_retry.attempts, None);
+        assert!(!c.amqp.persistent_messages);
+        assert_eq!(c.amqp.reconnect_attempts, 3);
+        assert_eq!(c.amqp.reconnect_timeout, Duration::from_millis(100));
+        assert_eq!(c.amqp.wait_messages_timeout, Duration::from_millis(50));
+        assert_eq!(c.outgoing_message_size_limit, 10_485_760);
+        assert_eq!(c.protocol_version, ProtocolVersion::V1);
+        assert_eq!(c.input_format, InputFormat::Default);
+        assert!(!c.no_error_replies);
+        assert!(!c.no_self_passthrough);
+        assert!(!c.object_storage.emit_lightweight_message);
+        assert_eq!(c.object_storage.size_threshold, 1_048_576);
+        assert!(!c.startup_required);
+        assert_eq!(
+            c.api_retry,
+            ApiRetry {
+                attempts: 3,
+                delay: Duration::from_millis(100)
+            }
+        );
+        assert_eq!(c.component_path, "");
+        assert_eq!(c.log.level, "info");
+        assert_eq!(
+            c.amqp.update_keys_routing_key,
+            "5559edd38968ec0736000003.step_1.1432205514864.update_keys"
+        );
+        assert!(matches!(c.step_source, StepSource::Api { .. }));
+    }
+
+    #[test]
+    fn every_missing_variable_is_reported_at_once() {
+        let e = RuntimeConfig::from_vars(Vec::new()).unwrap_err();
+        let expected = [
+            "ELASTICIO_FLOW_ID",
+            "ELASTICIO_EXEC_ID",
+            "ELASTICIO_STEP_ID",
+            "ELASTICIO_CONTAINER_ID",
+            "ELASTICIO_WORKSPACE_ID",
+            "ELASTICIO_USER_ID",
+            "ELASTICIO_COMP_ID",
+            "ELASTICIO_FUNCTION",
+            "ELASTICIO_AMQP_URI",
+            "ELASTICIO_LISTEN_MESSAGES_ON",
+            "ELASTICIO_PUBLISH_MESSAGES_TO",
+            "ELASTICIO_DATA_ROUTING_KEY",
+            "ELASTICIO_ERROR_ROUTING_KEY",
+            "ELASTICIO_REBOUND_ROUTING_KEY",
+            "ELASTICIO_SNAPSHOT_ROUTING_KEY",
+            "ELASTICIO_MESSAGE_CRYPTO_IV",
+            "ELASTICIO_MESSAGE_CRYPTO_PASSWORD",
+            STEP_FILE_VAR,
+        ];
+        for var in expected {
+            assert!(e.mentions(var), "{var} not reported in:\n{e}");
+        }
+        assert_eq!(e.problems.len(), expected.len(), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("invalid runtime configuration (18 problems):"),
+            "{text}"
+        );
+        assert!(text.contains("ELASTICIO_FLOW_ID: is missing"), "{text}");
+    }
+
+    #[test]
+    fn empty_values_count_as_missing() {
+        let e = err(with(base_env(), "ELASTICIO_STEP_ID", ""));
+        assert_eq!(e.problems.len(), 1);
+        assert!(e.mentions("ELASTICIO_STEP_ID"));
+    }
+
+    #[test]
+    fn every_invalid_value_is_reported_with_its_reason() {
+        let mut env = base_env();
+        for (k, v) in [
+            ("ELASTICIO_RABBITMQ_PREFETCH_SAILOR", "abc"),
+            ("ELASTICIO_REBOUND_LIMIT", "-1"),
+            ("ELASTICIO_REBOUND_INITIAL_EXPIRATION", "1e3"),
+            ("ELASTICIO_PROTOCOL_VERSION", "3"),
+            ("ELASTICIO_INPUT_FORMAT", "xml"),
+            ("ELASTICIO_AMQP_PERSISTENT_MESSAGES", "maybe"),
+            ("ELASTICIO_MESSAGE_CRYPTO_IV", "too-short"),
+            ("ELASTICIO_AMQP_PUBLISH_RETRY_ATTEMPTS", "0"),
+            ("ELASTICIO_OUTGOING_MESSAGE_SIZE_LIMIT", "0"),
+            ("ELASTICIO_DATA_RATE_LIMIT", "12abc"),
+        ] {
+            env = with(env, k, v);
+        }
+        let e = err(env);
+        assert_eq!(e.problems.len(), 10, "{e}");
+        let reason = |var: &str| {
+            e.problems
+                .iter()
+                .find(|p| p.var == var)
+                .map(|p| p.reason.clone())
+                .unwrap_or_else(|| panic!("{var} not reported in {e}"))
+        };
+        assert_eq!(
+            reason("ELASTICIO_RABBITMQ_PREFETCH_SAILOR"),
+            "must be a non-negative whole number"
+        );
+        assert_eq!(reason("ELASTICIO_PROTOCOL_VERSION"), "must be 1 or 2");
+        assert_eq!(
+            reason("ELASTICIO_INPUT_FORMAT"),
+            "must be `default` or `error`"
+        );
+        assert_eq!(
+            reason("ELASTICIO_MESSAGE_CRYPTO_IV"),
+            "must be exactly 16 bytes of UTF-8, got 9 bytes"
+        );
+        assert_eq!(
+            reason("ELASTICIO_AMQP_PUBLISH_RETRY_ATTEMPTS"),
+            "must be at least 1 (or `Infinity`)"
+        );
+        assert_eq!(
+            reason("ELASTICIO_OUTGOING_MESSAGE_SIZE_LIMIT"),
+            "must be at least 1"
+        );
+        assert!(reason("ELASTICIO_AMQP_PERSISTENT_MESSAGES").starts_with("must be true/false"));
+        assert_eq!(
+            reason("ELASTICIO_REBOUND_INITIAL_EXPIRATION"),
+            "must be a whole number of milliseconds"
+        );
+        let _ = reason("ELASTICIO_REBOUND_LIMIT");
+        let _ = reason("ELASTICIO_DATA_RATE_LIMIT");
+    }
+
+    #[test]
+    fn zero_means_zero_where_node_would_use_the_default() {
+        let env = [
+            ("ELASTICIO_REBOUND_LIMIT", "0"),
+            ("ELASTICIO_REBOUND_INITIAL_EXPIRATION", "0"),
+            ("ELASTICIO_AMQP_RECONNECT_ATTEMPTS", "0"),
+            ("ELASTICIO_AMQP_PUBLISH_RETRY_DELAY", "0"),
+            ("ELASTICIO_DATA_RATE_LIMIT", "0"),
+            ("ELASTICIO_API_REQUEST_RETRY_ATTEMPTS", "0"),
+        ]
+        .into_iter()
+        .fold(base_env(), |env, (k, v)| with(env, k, v));
+        let c = RuntimeConfig::from_vars(env).unwrap();
+        assert_eq!(c.rebound.limit, 0);
+        assert_eq!(c.rebound.initial_expiration, Duration::ZERO);
+        assert_eq!(c.amqp.reconnect_attempts, 0);
+        assert_eq!(c.amqp.publish_retry.delay, Duration::ZERO);
+        assert_eq!(c.rate_limits.data, 0);
+        assert_eq!(c.api_retry.attempts, 0);
+        // Prefetch 0 would mean "unlimited" to AMQP.
+        assert!(
+            err(with(base_env(), "ELASTICIO_RABBITMQ_PREFETCH_SAILOR", "0"))
+                .mentions("ELASTICIO_RABBITMQ_PREFETCH_SAILOR")
+        );
+    }
+
+    #[test]
+    fn numbers_and_attempts_parse() {
+        let env = [
+            ("ELASTICIO_RABBITMQ_PREFETCH_SAILOR", " 8 "),
+            ("ELASTICIO_AMQP_PUBLISH_RETRY_ATTEMPTS", "Infinity"),
+            ("ELASTICIO_PROTOCOL_VERSION", "2"),
+            ("ELASTICIO_INPUT_FORMAT", "error"),
+        ]
+        .into_iter()
+        .fold(base_env(), |env, (k, v)| with(env, k, v));
+        let c = RuntimeConfig::from_vars(env).unwrap();
+        assert_eq!(c.amqp.prefetch, 8);
+        assert_eq!(c.amqp.publish_retry.attempts, None);
+        assert_eq!(c.protocol_version, ProtocolVersion::V2);
+        assert_eq!(c.input_format, InputFormat::Error);
+        let c = RuntimeConfig::from_vars(with(
+            base_env(),
+            "ELASTICIO_AMQP_PUBLISH_RETRY_ATTEMPTS",
+            "5",
+        ))
+        .unwrap();
+        assert_eq!(c.amqp.publish_retry.attempts, Some(5));
+        // u16 range for prefetch.
+        assert!(
+            err(with(
+                base_env(),
+                "ELASTICIO_RABBITMQ_PREFETCH_SAILOR",
+                "70000"
+            ))
+            .mentions("ELASTICIO_RABBITMQ_PREFETCH_SAILOR")
+        );
+    }
+
+    #[test]
+    fn booleans() {
+        for (raw, expected) in [
+            ("true", true),
+            ("TRUE", true),
+            ("1", true),
+            ("yes", true),
+            ("on", true),
+            ("false", false),
+            ("0", false),
+            ("No", false),
+            ("off", false),
+        ] {
+            let c = RuntimeConfig::from_vars(with(
+                base_env(),
+                "ELASTICIO_AMQP_PERSISTENT_MESSAGES",
+                raw,
+            ))
+            .unwrap();
+            assert_eq!(c.amqp.persistent_messages, expected, "{raw}");
+        }
+        // Empty = unset = default (Node: "" is false even where the default is true).
+        let c =
+            RuntimeConfig::from_vars(with(base_env(), "ELASTICIO_PROCESS_AMQP_DRAIN", "")).unwrap();
+        assert!(c.amqp.process_amqp_drain);
+        let c = RuntimeConfig::from_vars(with(base_env(), "ELASTICIO_NO_SELF_PASSTRHOUGH", "true"))
+            .unwrap();
+        assert!(c.no_self_passthrough);
+    }
+
+    #[test]
+    fn publish_retry_backoff() {
+        let r = PublishRetry {
+            delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(1000),
+            attempts: Some(3),
+        };
+        assert_eq!(r.delay_after(0), Duration::from_millis(100));
+        assert_eq!(r.delay_after(1), Duration::from_millis(200));
+        assert_eq!(r.delay_after(3), Duration::from_millis(800));
+        assert_eq!(r.delay_after(4), Duration::from_millis(1000));
+        assert_eq!(r.delay_after(200), Duration::from_millis(1000));
+        assert!(r.may_retry(2));
+        assert!(!r.may_retry(3));
+        assert!(PublishRetry::default().may_retry(u32::MAX - 1));
+    }
+
+    #[test]
+    fn update_keys_routing_key() {
+        assert_eq!(
+            derive_update_keys_routing_key("a.b.message"),
+            "a.b.update_keys"
+        );
+        assert_eq!(
+            derive_update_keys_routing_key("flow:step_1:1:message"),
+            "flow:step_1:1:message.update_keys"
+        );
+        assert_eq!(
+            derive_update_keys_routing_key("message"),
+            "message.update_keys"
+        );
+        let c = RuntimeConfig::from_vars(with(
+            base_env(),
+            "ELASTICIO_UPDATE_KEYS_ROUTING_KEY",
+            "custom.keys",
+        ))
+        .unwrap();
+        assert_eq!(c.amqp.update_keys_routing_key, "custom.keys");
+    }
+
+    #[test]
+    fn step_source() {
+        let e = err(without(
+            without(base_env(), "ELASTICIO_API_USERNAME"),
+            "ELASTICIO_API_KEY",
+        ));
+        assert!(
+            e.mentions("ELASTICIO_API_USERNAME") && e.mentions("ELASTICIO_API_KEY"),
+            "{e}"
+        );
+        assert!(
+            err(with(base_env(), "ELASTICIO_API_URI", "not a url")).mentions("ELASTICIO_API_URI")
+        );
+
+        let local = without(
+            without(
+                without(base_env(), "ELASTICIO_API_URI"),
+                "ELASTICIO_API_USERNAME",
+            ),
+            "ELASTICIO_API_KEY",
+        );
+        let e = err(local.clone());
+        assert_eq!(e.problems.len(), 1);
+        assert!(e.mentions(STEP_FILE_VAR), "{e}");
+        let c = RuntimeConfig::from_vars(with(local, STEP_FILE_VAR, "/etc/step.json")).unwrap();
+        assert_eq!(c.step_source, StepSource::File("/etc/step.json".into()));
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_or_errors() {
+        let env = with(
+            base_env(),
+            "ELASTICIO_OBJECT_STORAGE_TOKEN",
+            "object-token-xyz",
+        );
+        let c = RuntimeConfig::from_vars(env).unwrap();
+        let dbg = format!("{c:?}");
+        for secret in [
+            PASSWORD,
+            AMQP_PASSWORD,
+            API_KEY,
+            "object-token-xyz",
+            "iv=any16_symbols",
+        ] {
+            assert!(!dbg.contains(secret), "{secret} leaked in Debug: {dbg}");
+        }
+        assert!(dbg.contains("amqp://guest:***@127.0.0.1:5672/%2f"), "{dbg}");
+        assert_eq!(
+            c.amqp.uri.to_string(),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            c.amqp.uri.expose(),
+            "amqp://guest:s3cr3t-amqp-pw@127.0.0.1:5672/%2f"
+        );
+
+        // A malformed URI's error does not echo the password either.
+        let e = err(with(
+            base_env(),
+            "ELASTICIO_AMQP_URI",
+            "amqp://guest:s3cr3t-amqp-pw@127.0.0.1:notaport/%2f",
+        ));
+        assert!(e.mentions("ELASTICIO_AMQP_URI"));
+        assert!(!e.to_string().contains(AMQP_PASSWORD), "{e}");
+        assert!(!format!("{e:?}").contains(AMQP_PASSWORD), "{e:?}");
+        let e = err(with(
+            base_env(),
+            "ELASTICIO_AMQP_URI",
+            "http://u:s3cr3t-amqp-pw@h/",
+        ));
+        assert!(!e.to_string().contains(AMQP_PASSWORD), "{e}");
+    }
+
+    #[test]
+    fn amqps_is_rejected_without_tls_support() {
+        let e = err(with(
+            base_env(),
+            "ELASTICIO_AMQP_URI",
+            "amqps://u:p@host:5671/%2f",
+        ));
+        assert!(e.to_string().contains("no TLS support"), "{e}");
+    }
+
+    #[test]
+    fn additional_header_vars() {
+        let env = [
+            (
+                "ELASTICIO_ADDITIONAL_VARS_FOR_HEADERS",
+                " ELASTICIO_FLOW_VERSION , CUSTOM_VAR,UNSET_VAR,",
+            ),
+            ("ELASTICIO_FLOW_VERSION", "7"),
+            ("CUSTOM_VAR", "x"),
+        ]
+        .into_iter()
+        .fold(base_env(), |env, (k, v)| with(env, k, v));
+        let c = RuntimeConfig::from_vars(env).unwrap();
+        assert_eq!(
+            c.additional_headers.0,
+            vec![
+                ("flowVersion".to_owned(), "7".to_owned()),
+                ("customVar".to_owned(), "x".to_owned())
+            ]
+        );
+        assert_eq!(
+            format!("{:?}", c.additional_headers),
+            r#"["flowVersion", "customVar"]"#
+        );
+    }
+
+    #[test]
+    fn camel_case_like_lodash() {
+        assert_eq!(camel_case("FLOW_VERSION"), "flowVersion");
+        assert_eq!(camel_case("TENANT_ID"), "tenantId");
+        assert_eq!(camel_case("myVar"), "myVar");
+        assert_eq!(camel_case("some-var name"), "someVarName");
+        assert_eq!(camel_case("X"), "x");
+        assert_eq!(camel_case("__"), "");
+    }
+
+    #[test]
+    fn launch_config_chooses_by_hook_shutdown() {
+        let identity_only: Vec<_> = base_env()
+            .into_iter()
+            .filter(|(k, _)| {
+                [
+                    "ELASTICIO_FLOW_ID",
+                    "ELASTICIO_EXEC_ID",
+                    "ELASTICIO_STEP_ID",
+                    "ELASTICIO_CONTAINER_ID",
+                    "ELASTICIO_WORKSPACE_ID",
+                    "ELASTICIO_USER_ID",
+                    "ELASTICIO_COMP_ID",
+                    "ELASTICIO_FUNCTION",
+                ]
+                .contains(&k.as_str())
+            })
+            .collect();
+        let hook = with(
+            with(identity_only.clone(), "ELASTICIO_HOOK_SHUTDOWN", "true"),
+            STEP_FILE_VAR,
+            "step.json",
+        );
+        assert!(matches!(
+            LaunchConfig::from_vars(hook),
+            Ok(LaunchConfig::ShutdownHook(_))
+        ));
+        let e =
+            LaunchConfig::from_vars(with(identity_only, STEP_FILE_VAR, "step.json")).unwrap_err();
+        assert!(e.mentions("ELASTICIO_AMQP_URI"), "{e}");
+        assert!(matches!(
+            LaunchConfig::from_vars(base_env()),
+            Ok(LaunchConfig::Worker(_))
+        ));
+    }
+
+    #[test]
+    fn log_fields_use_sailor_names() {
+        let env = with(base_env(), "ELASTICIO_TENANT_ID", "tenant-1");
+        let c = RuntimeConfig::from_vars(env).unwrap();
+        let fields = c.log_fields();
+        assert!(fields.contains(&("ELASTICIO_FLOW_ID", "5559edd38968ec0736000003".into())));
+        assert!(fields.contains(&("tag", "5559edd38968ec0736000003".into())));
+        assert!(fields.contains(&("ELASTICIO_TENANT_ID", "tenant-1".into())));
+        assert!(fields.contains(&("ELASTICIO_API_USERNAME", "task-user@example.invalid".into())));
+        assert!(!fields.iter().any(|(k, _)| *k == "ELASTICIO_COMP_NAME"));
+    }
+
+    #[test]
+    fn routing_keys_longer_than_amqp_allows_are_rejected() {
+        let long = "k".repeat(256);
+        let e = err(with(base_env(), "ELASTICIO_ERROR_ROUTING_KEY", &long));
+        assert!(e.mentions("ELASTICIO_ERROR_ROUTING_KEY"), "{e}");
     }
 }

@@ -183,7 +183,7 @@ impl MessageCipher {
     }
 
     fn decrypt_raw(&self, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        if ciphertext.is_empty() || ciphertext.len() % IV_LEN != 0 {
+        if ciphertext.is_empty() || !ciphertext.len().is_multiple_of(IV_LEN) {
             return Err(CryptoError::BadCiphertext);
         }
         Aes256CbcDec::new(&self.key.into(), &self.iv.into())
@@ -214,7 +214,10 @@ mod tests {
     #[test]
     fn reference_test_vector_v1() {
         let c = cipher();
-        assert_eq!(c.encrypt(PLAINTEXT, ProtocolVersion::V1), V1_BODY.as_bytes());
+        assert_eq!(
+            c.encrypt(PLAINTEXT, ProtocolVersion::V1),
+            V1_BODY.as_bytes()
+        );
         assert_eq!(
             c.decrypt(V1_BODY.as_bytes(), ProtocolVersion::V1).unwrap(),
             PLAINTEXT
@@ -243,7 +246,13 @@ mod tests {
     fn round_trips_both_versions() {
         let c = cipher();
         for version in [ProtocolVersion::V1, ProtocolVersion::V2] {
-            for plain in [&b""[..], b"x", &[0u8; 16], &[7u8; 1000], "ünïcødé".as_bytes()] {
+            for plain in [
+                &b""[..],
+                b"x",
+                &[0u8; 16],
+                &[7u8; 1000],
+                "ünïcødé".as_bytes(),
+            ] {
                 let body = c.encrypt(plain, version);
                 assert_eq!(c.decrypt(&body, version).unwrap(), plain, "{version}");
             }
@@ -283,7 +292,9 @@ mod tests {
         // Whole blocks but garbage: the padding check fails (or, rarely, yields junk bytes);
         // in no case may it panic.
         for seed in 0u8..=255 {
-            let junk: Vec<u8> = (0..32).map(|i| seed.wrapping_mul(31).wrapping_add(i)).collect();
+            let junk: Vec<u8> = (0..32)
+                .map(|i| seed.wrapping_mul(31).wrapping_add(i))
+                .collect();
             let _ = c.decrypt(&junk, ProtocolVersion::V2);
         }
         // A v1 body read as v2 (and vice versa) is rejected.

@@ -27,6 +27,8 @@ use tracing::{debug, warn};
 use crate::runtime::amqp::{Delivery, Outcome, SettleError};
 
 /// What to do with a delivery.
+// Short-lived and moved once per message; boxing the ticket would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Admission {
     /// Process it, then call [`Deduplicator::finish`] with the ticket.
@@ -123,7 +125,10 @@ impl Deduplicator {
                 return Admission::Duplicate;
             }
             let remembered = if delivery.redelivered {
-                state.remembered.remove(&id).filter(|r| r.at.elapsed() <= self.ttl)
+                state
+                    .remembered
+                    .remove(&id)
+                    .filter(|r| r.at.elapsed() <= self.ttl)
             } else {
                 None
             };

@@ -24,8 +24,9 @@
 //! * A data message without an `id` gets a fresh uuid as its `messageId` header; Node reuses the
 //!   per-input uuid, so two id-less messages emitted for one input would share a `messageId`
 //!   and look like duplicates to a deduplicating receiver.
-//! * Rebound expirations are capped at `u32::MAX` ms (~49 days); Node would send a float such
-//!   as `1.5e+33` the broker rejects.
+//! * Rebound expirations are capped at `2^32-1` ms (~49.7 days), the largest per-message TTL
+//!   RabbitMQ accepts. Node sends the uncapped value, so with the default settings its 20th
+//!   rebound (`2^19·15 s`) is refused by the broker.
 //! * `updateKeys` is published over AMQP ([`Outgoing::UpdateKeys`], Deckhand addition) instead
 //!   of Sailor's `PUT /v1/accounts/{id}`.
 
@@ -234,6 +235,8 @@ pub struct HttpReply {
 }
 
 /// An event a component emits while processing one input message.
+// Built and consumed once per event; boxing the message would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outgoing {
     /// A data message to the next step.
@@ -393,9 +396,9 @@ impl Incoming {
     /// A value that is not a number is read as version 1.
     pub fn protocol_version(&self) -> ProtocolVersion {
         match self.headers().inner().get(header::PROTOCOL_VERSION) {
-            Some(v) => match amqp_number(v).or_else(|| {
-                amqp_str(v).and_then(|s| s.trim().parse::<f64>().ok())
-            }) {
+            Some(v) => match amqp_number(v)
+                .or_else(|| amqp_str(v).and_then(|s| s.trim().parse::<f64>().ok()))
+            {
                 Some(n) if n >= 2.0 => ProtocolVersion::V2,
                 _ => ProtocolVersion::V1,
             },
@@ -537,11 +540,13 @@ pub fn amqp_value_to_json(v: &AMQPValue) -> Value {
         AMQPValue::LongString(_) | AMQPValue::ShortString(_) => {
             Value::String(amqp_str(v).unwrap_or_default())
         }
-        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(amqp_value_to_json).collect()),
+        AMQPValue::FieldArray(a) => {
+            Value::Array(a.as_slice().iter().map(amqp_value_to_json).collect())
+        }
         AMQPValue::FieldTable(t) => field_table_to_json(t),
-        AMQPValue::ByteArray(b) => Value::Array(
-            b.as_slice().iter().map(|x| Value::from(*x)).collect(),
-        ),
+        AMQPValue::ByteArray(b) => {
+            Value::Array(b.as_slice().iter().map(|x| Value::from(*x)).collect())
+        }
         AMQPValue::DecimalValue(d) => {
             Value::from(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
         }
@@ -580,9 +585,9 @@ pub fn json_to_amqp_value(v: &Value) -> AMQPValue {
             None => AMQPValue::Double(n.as_f64().unwrap_or(0.0)),
         },
         Value::String(s) => js_string(s.clone()),
-        Value::Array(a) => {
-            AMQPValue::FieldArray(FieldArray::from(a.iter().map(json_to_amqp_value).collect::<Vec<_>>()))
-        }
+        Value::Array(a) => AMQPValue::FieldArray(FieldArray::from(
+            a.iter().map(json_to_amqp_value).collect::<Vec<_>>(),
+        )),
         Value::Object(o) => {
             let mut t = FieldTable::default();
             for (k, v) in o {
@@ -663,7 +668,7 @@ fn without_headers(p: &BasicProperties) -> BasicProperties {
 }
 
 /// The expiration of rebound number `iteration` (1-based): `2^(iteration-1)·initial` ms,
-/// capped at `u32::MAX` ms.
+/// capped at `2^32-1` ms, the largest per-message TTL RabbitMQ accepts.
 pub fn rebound_expiration_ms(initial_ms: u64, iteration: u32) -> u64 {
     let factor = 1u64
         .checked_shl(iteration.saturating_sub(1))
@@ -686,7 +691,12 @@ pub struct OutgoingContext {
 
 impl OutgoingContext {
     /// A context for `incoming` (decoded to `input`) starting now.
-    pub fn new(cfg: Arc<RuntimeConfig>, incoming: Incoming, input: Message, flags: StepFlags) -> Self {
+    pub fn new(
+        cfg: Arc<RuntimeConfig>,
+        incoming: Incoming,
+        input: Message,
+        flags: StepFlags,
+    ) -> Self {
         Self::with_start(
             cfg,
             incoming,
@@ -766,9 +776,9 @@ impl OutgoingContext {
             Outgoing::Error(error) => self.error(&error, Some(now_ms)),
             Outgoing::Rebound { reason } => self.rebound(&reason, now_ms),
             Outgoing::Snapshot(snapshot) => Ok(vec![self.snapshot(&snapshot, "snapshot")]),
-            Outgoing::UpdateSnapshot(update) => {
-                Ok(vec![self.snapshot(&Value::Object(update), "updateSnapshot")])
-            }
+            Outgoing::UpdateSnapshot(update) => Ok(vec![
+                self.snapshot(&Value::Object(update), "updateSnapshot"),
+            ]),
             Outgoing::UpdateKeys { keys, generation } => {
                 self.update_keys(keys, generation, now_ms).map(|p| vec![p])
             }
@@ -839,8 +849,8 @@ impl OutgoingContext {
     fn apply_passthrough(&self, message: &mut Message) {
         let mut passthrough = self.input.passthrough.clone().unwrap_or_default();
         if self.cfg.no_self_passthrough {
-            if let Some(step_id) = header_string(self.incoming.headers(), header::STEP_ID)
-                .filter(|s| !s.is_empty())
+            if let Some(step_id) =
+                header_string(self.incoming.headers(), header::STEP_ID).filter(|s| !s.is_empty())
             {
                 passthrough.insert(step_id, self.input.without_passthrough());
             }
@@ -857,13 +867,19 @@ impl OutgoingContext {
     /// Error envelope to the error routing key, plus the bare encrypted error to `reply_to`
     /// unless `NO_ERROR_REPLIES`. `end` is set except for the rebound-limit error, where Node
     /// does not set it either.
-    fn error(&self, error: &ErrorInfo, end: Option<i64>) -> Result<Vec<Publication>, ProtocolError> {
+    fn error(
+        &self,
+        error: &ErrorInfo,
+        end: Option<i64>,
+    ) -> Result<Vec<Publication>, ProtocolError> {
         let cfg = &self.cfg;
         let mut headers = self.base.clone();
         if let Some(end) = end {
             set(&mut headers, header::END, js_number(end));
         }
-        let encrypted_error = cfg.cipher.encrypt_base64(&serde_json::to_vec(error).unwrap_or_default());
+        let encrypted_error = cfg
+            .cipher
+            .encrypt_base64(&serde_json::to_vec(error).unwrap_or_default());
         let mut envelope = Map::new();
         envelope.insert("error".into(), Value::String(encrypted_error.clone()));
         if !self.incoming.body.is_empty() {
@@ -878,21 +894,26 @@ impl OutgoingContext {
             properties: default_properties(cfg),
             mandatory: true,
         }];
-        if !cfg.no_error_replies {
-            if let Some(reply_to) = header_string(&headers, header::REPLY_TO).filter(|s| !s.is_empty()) {
-                short(&reply_to)?;
-                let mut reply_headers = headers;
-                set(&mut reply_headers, header::ERROR_RESPONSE, AMQPValue::Boolean(true));
-                publications.push(Publication {
-                    kind: PublicationKind::ErrorReply,
-                    exchange: cfg.amqp.publish_messages_to.clone(),
-                    routing_key: reply_to,
-                    body: encrypted_error.into_bytes(),
-                    headers: reply_headers,
-                    properties: default_properties(cfg),
-                    mandatory: true,
-                });
-            }
+        let reply_to = header_string(&headers, header::REPLY_TO).filter(|s| !s.is_empty());
+        if !cfg.no_error_replies
+            && let Some(reply_to) = reply_to
+        {
+            short(&reply_to)?;
+            let mut reply_headers = headers;
+            set(
+                &mut reply_headers,
+                header::ERROR_RESPONSE,
+                AMQPValue::Boolean(true),
+            );
+            publications.push(Publication {
+                kind: PublicationKind::ErrorReply,
+                exchange: cfg.amqp.publish_messages_to.clone(),
+                routing_key: reply_to,
+                body: encrypted_error.into_bytes(),
+                headers: reply_headers,
+                properties: default_properties(cfg),
+                mandatory: true,
+            });
         }
         Ok(publications)
     }
@@ -935,7 +956,8 @@ impl OutgoingContext {
             header::REBOUND_ITERATION,
             js_number(i64::from(iteration)),
         );
-        let initial_ms = u64::try_from(cfg.rebound.initial_expiration.as_millis()).unwrap_or(u64::MAX);
+        let initial_ms =
+            u64::try_from(cfg.rebound.initial_expiration.as_millis()).unwrap_or(u64::MAX);
         let expiration = rebound_expiration_ms(initial_ms, iteration);
         let properties = without_headers(&self.incoming.properties)
             .with_expiration(ShortString::from(expiration.to_string()))
@@ -970,7 +992,12 @@ impl OutgoingContext {
     }
 
     /// `{keys}` encrypted like data, to the update-keys routing key, always persistent.
-    fn update_keys(&self, keys: Value, generation: u64, now_ms: i64) -> Result<Publication, ProtocolError> {
+    fn update_keys(
+        &self,
+        keys: Value,
+        generation: u64,
+        now_ms: i64,
+    ) -> Result<Publication, ProtocolError> {
         let cfg = &self.cfg;
         let account_id = self
             .flags
@@ -1056,11 +1083,18 @@ pub fn startup_error_publication(cfg: &RuntimeConfig, error: &ErrorInfo) -> Publ
         }
     }
     identity_headers(cfg, &mut headers);
-    set(&mut headers, header::MESSAGE_ID, js_string(Uuid::new_v4().to_string()));
+    set(
+        &mut headers,
+        header::MESSAGE_ID,
+        js_string(Uuid::new_v4().to_string()),
+    );
     let mut envelope = Map::new();
     envelope.insert(
         "error".into(),
-        Value::String(cfg.cipher.encrypt_base64(&serde_json::to_vec(error).unwrap_or_default())),
+        Value::String(
+            cfg.cipher
+                .encrypt_base64(&serde_json::to_vec(error).unwrap_or_default()),
+        ),
     );
     Publication {
         kind: PublicationKind::Error,
@@ -1118,7 +1152,11 @@ fn base_headers(
             headers.insert(key, js_string(value.clone()));
         }
     }
-    if let Some(parent) = incoming.inner().get(header::MESSAGE_ID).filter(|v| truthy(v)) {
+    if let Some(parent) = incoming
+        .inner()
+        .get(header::MESSAGE_ID)
+        .filter(|v| truthy(v))
+    {
         set(&mut headers, header::PARENT_MESSAGE_ID, parent.clone());
     }
     let thread_id = incoming
@@ -1133,4 +1171,868 @@ fn base_headers(
     identity_headers(cfg, &mut headers);
     set(&mut headers, header::START, js_number(start_ms));
     headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::config::tests::{base_env, with};
+    use serde_json::json;
+
+    const START: i64 = 1_700_000_000_000;
+    const END: i64 = 1_700_000_000_500;
+    const OUT_ID: &str = "11111111-2222-4333-8444-555555555555";
+
+    fn cfg_from(env: Vec<(String, String)>) -> Arc<RuntimeConfig> {
+        Arc::new(RuntimeConfig::from_vars(env).unwrap())
+    }
+
+    fn cfg() -> Arc<RuntimeConfig> {
+        cfg_from(base_env())
+    }
+
+    fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+        let mut t = FieldTable::default();
+        for (k, v) in entries {
+            t.insert((*k).into(), v.clone());
+        }
+        t
+    }
+
+    fn input_message() -> Message {
+        serde_json::from_value(json!({
+            "id": "in-msg-id",
+            "body": {"n": 1},
+            "passthrough": {"step_0": {"body": {"first": true}}}
+        }))
+        .unwrap()
+    }
+
+    fn incoming_with(
+        cfg: &RuntimeConfig,
+        headers: FieldTable,
+        version: ProtocolVersion,
+    ) -> Incoming {
+        let body = cfg.cipher.encrypt_json(&input_message(), version);
+        Incoming::new(
+            BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(1)
+                .with_headers(headers),
+            body,
+        )
+    }
+
+    fn default_headers() -> FieldTable {
+        table(&[
+            ("messageId", js_string("in-1")),
+            ("parentMessageId", js_string("grandparent")),
+            ("threadId", js_string("thread-1")),
+            ("X-EIO-META-Trace-Id", js_string("trace-1")),
+            ("x-eio-meta-custom", js_number(5)),
+            ("reply_to", js_string("reply.queue.key")),
+            ("stepId", js_string("step_0")),
+            ("execId", js_string("previous-exec")),
+            ("unrelated", js_string("dropped")),
+        ])
+    }
+
+    fn ctx_with(cfg: Arc<RuntimeConfig>, headers: FieldTable, flags: StepFlags) -> OutgoingContext {
+        let incoming = incoming_with(&cfg, headers, ProtocolVersion::V1);
+        let input = incoming.decode(&cfg.cipher, cfg.input_format).unwrap();
+        OutgoingContext::with_start(cfg, incoming, input, flags, START, OUT_ID.into())
+    }
+
+    fn ctx() -> OutgoingContext {
+        ctx_with(cfg(), default_headers(), StepFlags::default())
+    }
+
+    fn keys(t: &FieldTable) -> Vec<&str> {
+        t.inner().keys().map(|k| k.as_str()).collect()
+    }
+
+    fn s(v: &str) -> AMQPValue {
+        js_string(v)
+    }
+
+    #[test]
+    fn base_headers_are_exactly_nodes() {
+        let c = ctx();
+        let h = c.base_headers();
+        let mut expected = vec![
+            "compId",
+            "containerId",
+            "execId",
+            "function",
+            "messageId",
+            "parentMessageId",
+            "reply_to",
+            "start",
+            "stepId",
+            "taskId",
+            "threadId",
+            "userId",
+            "workspaceId",
+            "x-eio-meta-custom",
+            "x-eio-meta-trace-id",
+        ];
+        expected.sort_unstable();
+        assert_eq!(keys(h), expected);
+        let get = |k: &str| h.inner().get(k).unwrap().clone();
+        assert_eq!(get("messageId"), s(OUT_ID));
+        assert_eq!(get("parentMessageId"), s("in-1"));
+        assert_eq!(get("threadId"), s("thread-1"));
+        assert_eq!(get("reply_to"), s("reply.queue.key"));
+        assert_eq!(get("x-eio-meta-trace-id"), s("trace-1"));
+        assert_eq!(get("x-eio-meta-custom"), AMQPValue::ShortShortInt(5));
+        assert_eq!(get("execId"), s("some-exec-id"));
+        assert_eq!(get("taskId"), s("5559edd38968ec0736000003"));
+        assert_eq!(get("workspaceId"), s("5559edd38968ec073600683"));
+        assert_eq!(
+            get("containerId"),
+            s("dc1c8c3f-f9cb-49e1-a6b8-716af9e15948")
+        );
+        assert_eq!(get("userId"), s("5559edd38968ec0736000002"));
+        assert_eq!(get("stepId"), s("step_1"));
+        assert_eq!(get("compId"), s("5559edd38968ec0736000456"));
+        assert_eq!(get("function"), s("list"));
+        assert_eq!(get("start"), AMQPValue::LongLongInt(START));
+        assert_eq!(c.thread_id().as_deref(), Some("thread-1"));
+        assert_eq!(c.message_id().as_deref(), Some(OUT_ID));
+        assert_eq!(c.parent_message_id().as_deref(), Some("in-1"));
+    }
+
+    #[test]
+    fn thread_id_falls_back_to_trace_id_then_a_new_uuid() {
+        let c = ctx_with(
+            cfg(),
+            table(&[("x-eio-meta-trace-id", s("trace-9"))]),
+            StepFlags::default(),
+        );
+        assert_eq!(c.thread_id().as_deref(), Some("trace-9"));
+        assert!(!c.base_headers().contains_key("parentMessageId"));
+        assert!(!c.base_headers().contains_key("reply_to"));
+
+        let c = ctx_with(cfg(), FieldTable::default(), StepFlags::default());
+        let thread = c.thread_id().unwrap();
+        assert!(Uuid::parse_str(&thread).is_ok(), "{thread}");
+    }
+
+    #[test]
+    fn additional_vars_are_added_but_cannot_override_fixed_fields() {
+        let env = [
+            (
+                "ELASTICIO_ADDITIONAL_VARS_FOR_HEADERS",
+                "ELASTICIO_TENANT_ID,STEP_ID,REPLY_TO",
+            ),
+            ("ELASTICIO_TENANT_ID", "tenant-1"),
+            ("STEP_ID", "not-mine"),
+            ("REPLY_TO", "overridden"),
+        ]
+        .into_iter()
+        .fold(base_env(), |env, (k, v)| with(env, k, v));
+        let c = ctx_with(cfg_from(env), default_headers(), StepFlags::default());
+        let h = c.base_headers().inner();
+        assert_eq!(h.get("tenantId"), Some(&s("tenant-1")));
+        assert_eq!(h.get("stepId"), Some(&s("step_1")));
+        // As in Node, additional vars are spread after the incoming headers.
+        assert_eq!(h.get("replyTo"), Some(&s("overridden")));
+        assert_eq!(h.get("reply_to"), Some(&s("reply.queue.key")));
+    }
+
+    #[test]
+    fn data_publication() {
+        let c = ctx();
+        let mut msg = Message::new(json!({"hello": "world"}));
+        msg.id = Some("out-msg-1".into());
+        msg.headers
+            .insert("X-EIO-Routing-Key".into(), json!("custom.route"));
+        msg.headers.insert("keep".into(), json!("me"));
+        let pubs = c.publications_at(Outgoing::Data(msg.clone()), END).unwrap();
+        assert_eq!(pubs.len(), 1);
+        let p = &pubs[0];
+        assert_eq!(p.kind, PublicationKind::Data);
+        assert_eq!(p.exchange, "userexchange:5527f0ea43238e5d5f000001");
+        assert_eq!(p.routing_key, "custom.route");
+        assert!(p.mandatory);
+        assert_eq!(p.header("messageId"), Some(&s("out-msg-1")));
+        assert_eq!(p.header("end"), Some(&AMQPValue::LongLongInt(END)));
+        assert_eq!(
+            p.header("protocolVersion"),
+            Some(&AMQPValue::ShortShortInt(1))
+        );
+        assert_eq!(p.header("start"), Some(&AMQPValue::LongLongInt(START)));
+        assert_eq!(p.header("parentMessageId"), Some(&s("in-1")));
+        assert_eq!(
+            p.properties.content_type().as_ref().map(|v| v.as_str()),
+            Some("application/json")
+        );
+        assert_eq!(
+            p.properties.content_encoding().as_ref().map(|v| v.as_str()),
+            Some("utf8")
+        );
+        assert_eq!(*p.properties.delivery_mode(), Some(1));
+        assert_eq!(*p.properties.headers(), None);
+        assert_eq!(*p.properties.expiration(), None);
+        // v1: the body is base64 text.
+        assert!(p.body.iter().all(|b| b.is_ascii_graphic()));
+        let sent: Message = c
+            .cfg
+            .cipher
+            .decrypt_json(&p.body, ProtocolVersion::V1)
+            .unwrap();
+        assert_eq!(sent.body, json!({"hello": "world"}));
+        assert_eq!(sent.id.as_deref(), Some("out-msg-1"));
+        assert!(!sent.headers.contains_key("X-EIO-Routing-Key"));
+        assert_eq!(sent.headers.get("keep"), Some(&json!("me")));
+        assert_eq!(sent.passthrough, None);
+
+        // Without override: the data routing key; without id: a fresh uuid.
+        let p = &c
+            .publications_at(
+                Outgoing::Data(Message {
+                    id: None,
+                    ..Message::new(json!({}))
+                }),
+                END,
+            )
+            .unwrap()[0];
+        assert_eq!(
+            p.routing_key,
+            "5559edd38968ec0736000003.step_1.1432205514864.message"
+        );
+        let id = header_string(&p.headers, "messageId").unwrap();
+        assert!(Uuid::parse_str(&id).is_ok());
+        assert_ne!(id, OUT_ID);
+    }
+
+    #[test]
+    fn data_in_protocol_v2_and_persistent_mode() {
+        let env = with(
+            with(base_env(), "ELASTICIO_PROTOCOL_VERSION", "2"),
+            "ELASTICIO_AMQP_PERSISTENT_MESSAGES",
+            "true",
+        );
+        let c = ctx_with(cfg_from(env), default_headers(), StepFlags::default());
+        let p = &c
+            .publications_at(Outgoing::Data(Message::new(json!({"a": 1}))), END)
+            .unwrap()[0];
+        assert_eq!(
+            p.header("protocolVersion"),
+            Some(&AMQPValue::ShortShortInt(2))
+        );
+        assert_eq!(*p.properties.delivery_mode(), Some(2));
+        let sent: Message = c
+            .cfg
+            .cipher
+            .decrypt_json(&p.body, ProtocolVersion::V2)
+            .unwrap();
+        assert_eq!(sent.body, json!({"a": 1}));
+    }
+
+    #[test]
+    fn passthrough_adds_own_step() {
+        let flags = StepFlags {
+            is_passthrough: true,
+            account_id: None,
+        };
+        let c = ctx_with(cfg(), default_headers(), flags.clone());
+        let mut msg = Message::new(json!({"out": 1}));
+        msg.id = Some("o1".into());
+        let p = &c.publications_at(Outgoing::Data(msg), END).unwrap()[0];
+        let sent: Message = c
+            .cfg
+            .cipher
+            .decrypt_json(&p.body, ProtocolVersion::V1)
+            .unwrap();
+        let pt = sent.passthrough.unwrap();
+        assert_eq!(pt["step_0"], json!({"body": {"first": true}}));
+        assert_eq!(pt["step_1"]["body"], json!({"out": 1}));
+        assert_eq!(pt["step_1"]["id"], json!("o1"));
+        assert!(pt["step_1"].get("passthrough").is_none());
+
+        // NO_SELF_PASSTRHOUGH: the *incoming* message under the incoming stepId.
+        let env = with(base_env(), "ELASTICIO_NO_SELF_PASSTRHOUGH", "true");
+        let headers = with_step(default_headers(), "prev_step");
+        let c = ctx_with(cfg_from(env), headers, flags);
+        let p = &c
+            .publications_at(Outgoing::Data(Message::new(json!({"out": 2}))), END)
+            .unwrap()[0];
+        let sent: Message = c
+            .cfg
+            .cipher
+            .decrypt_json(&p.body, ProtocolVersion::V1)
+            .unwrap();
+        let pt = sent.passthrough.unwrap();
+        assert_eq!(pt["prev_step"]["body"], json!({"n": 1}));
+        assert_eq!(pt["prev_step"]["id"], json!("in-msg-id"));
+        assert!(pt.get("step_1").is_none());
+        assert!(pt.get("step_0").is_some());
+
+        // Not a passthrough step: the component's passthrough is left alone.
+        let c = ctx();
+        let mut msg = Message::new(json!({}));
+        msg.passthrough = Some(Map::new());
+        let p = &c.publications_at(Outgoing::Data(msg), END).unwrap()[0];
+        let sent: Message = c
+            .cfg
+            .cipher
+            .decrypt_json(&p.body, ProtocolVersion::V1)
+            .unwrap();
+        assert_eq!(sent.passthrough, Some(Map::new()));
+    }
+
+    fn with_step(mut t: FieldTable, step: &str) -> FieldTable {
+        t.insert("stepId".into(), s(step));
+        t
+    }
+
+    #[test]
+    fn error_envelope_and_reply() {
+        let c = ctx();
+        let error = ErrorInfo {
+            name: "TypeError".into(),
+            message: "boom".into(),
+            stack: "TypeError: boom\n    at x".into(),
+        };
+        let pubs = c
+            .publications_at(Outgoing::Error(error.clone()), END)
+            .unwrap();
+        assert_eq!(pubs.len(), 2);
+        let p = &pubs[0];
+        assert_eq!(p.kind, PublicationKind::Error);
+        assert_eq!(
+            p.routing_key,
+            "5559edd38968ec0736000003.step_1.1432205514864.error"
+        );
+        assert_eq!(p.header("end"), Some(&AMQPValue::LongLongInt(END)));
+        assert!(p.header("protocolVersion").is_none());
+        assert!(p.header("x-eio-error-response").is_none());
+        // The envelope itself is plain JSON.
+        let envelope: Map<String, Value> = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(keys_of(&envelope), vec!["error", "errorInput"]);
+        let err_b64 = envelope["error"].as_str().unwrap();
+        let plain = c.cfg.cipher.decrypt_base64(err_b64).unwrap();
+        assert_eq!(
+            String::from_utf8(plain).unwrap(),
+            r#"{"name":"TypeError","message":"boom","stack":"TypeError: boom\n    at x"}"#
+        );
+        let input: Message = c
+            .cfg
+            .cipher
+            .decrypt_json(
+                envelope["errorInput"].as_str().unwrap().as_bytes(),
+                ProtocolVersion::V1,
+            )
+            .unwrap();
+        assert_eq!(input, input_message());
+
+        let reply = &pubs[1];
+        assert_eq!(reply.kind, PublicationKind::ErrorReply);
+        assert_eq!(reply.routing_key, "reply.queue.key");
+        assert_eq!(reply.exchange, p.exchange);
+        assert_eq!(reply.body, err_b64.as_bytes());
+        assert_eq!(
+            reply.header("x-eio-error-response"),
+            Some(&AMQPValue::Boolean(true))
+        );
+        assert_eq!(reply.header("end"), Some(&AMQPValue::LongLongInt(END)));
+
+        // NO_ERROR_REPLIES suppresses the reply.
+        let c = ctx_with(
+            cfg_from(with(base_env(), "ELASTICIO_NO_ERROR_REPLIES", "true")),
+            default_headers(),
+            StepFlags::default(),
+        );
+        assert_eq!(
+            c.publications_at(Outgoing::Error(error), END)
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    fn keys_of(m: &Map<String, Value>) -> Vec<&str> {
+        m.keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn error_input_of_a_v2_message_is_base64() {
+        let cfg = cfg();
+        let headers = table(&[("protocolVersion", js_number(2)), ("messageId", s("m"))]);
+        let incoming = incoming_with(&cfg, headers, ProtocolVersion::V2);
+        assert_eq!(incoming.protocol_version(), ProtocolVersion::V2);
+        let input = incoming.decode(&cfg.cipher, InputFormat::Default).unwrap();
+        let c = OutgoingContext::with_start(
+            cfg.clone(),
+            incoming,
+            input,
+            StepFlags::default(),
+            START,
+            OUT_ID.into(),
+        );
+        let p = &c
+            .publications_at(Outgoing::Error(ErrorInfo::new("x")), END)
+            .unwrap()[0];
+        let envelope: Map<String, Value> = serde_json::from_slice(&p.body).unwrap();
+        let back: Message = cfg
+            .cipher
+            .decrypt_json(
+                envelope["errorInput"].as_str().unwrap().as_bytes(),
+                ProtocolVersion::V1,
+            )
+            .unwrap();
+        assert_eq!(back, input_message());
+    }
+
+    #[test]
+    fn rebound_republishes_the_original_with_growing_expiration() {
+        let cfg = cfg();
+        let mut expirations = Vec::new();
+        for previous in [None, Some(1), Some(2), Some(3)] {
+            let mut headers = default_headers();
+            if let Some(n) = previous {
+                headers.insert("reboundIteration".into(), js_number(n));
+            }
+            let c = ctx_with(cfg.clone(), headers.clone(), StepFlags::default());
+            let pubs = c
+                .publications_at(
+                    Outgoing::Rebound {
+                        reason: "busy".into(),
+                    },
+                    END,
+                )
+                .unwrap();
+            assert_eq!(pubs.len(), 1);
+            let p = &pubs[0];
+            assert_eq!(p.kind, PublicationKind::Rebound);
+            assert_eq!(
+                p.routing_key,
+                "5559edd38968ec0736000003.step_1.1432205514864.rebound"
+            );
+            assert_eq!(p.body, c.incoming().body, "the original body, unchanged");
+            assert!(!p.mandatory);
+            let iteration = previous.unwrap_or(0) + 1;
+            assert_eq!(p.header("reboundIteration"), Some(&js_number(iteration)));
+            assert_eq!(p.header("reboundReason"), Some(&s("busy")));
+            assert_eq!(p.header("end"), Some(&AMQPValue::LongLongInt(END)));
+            // Original headers are kept as they were (no new messageId, no start).
+            assert_eq!(p.header("messageId"), Some(&s("in-1")));
+            assert_eq!(p.header("execId"), Some(&s("previous-exec")));
+            assert_eq!(p.header("unrelated"), Some(&s("dropped")));
+            assert!(p.header("start").is_none());
+            assert_eq!(
+                p.properties.content_type().as_ref().map(|v| v.as_str()),
+                Some("application/json")
+            );
+            assert_eq!(*p.properties.headers(), None);
+            expirations.push(
+                p.properties
+                    .expiration()
+                    .as_ref()
+                    .unwrap()
+                    .as_str()
+                    .to_owned(),
+            );
+        }
+        assert_eq!(expirations, ["15000", "30000", "60000", "120000"]);
+    }
+
+    #[test]
+    fn rebound_limit_exceeded_becomes_an_error() {
+        let mut headers = default_headers();
+        headers.insert("reboundIteration".into(), js_number(20));
+        let c = ctx_with(cfg(), headers, StepFlags::default());
+        let pubs = c
+            .publications_at(
+                Outgoing::Rebound {
+                    reason: "busy".into(),
+                },
+                END,
+            )
+            .unwrap();
+        assert_eq!(pubs[0].kind, PublicationKind::Error);
+        assert_eq!(pubs[1].kind, PublicationKind::ErrorReply);
+        assert!(
+            pubs[0].header("end").is_none(),
+            "Node sends this error without `end`"
+        );
+        let envelope: Map<String, Value> = serde_json::from_slice(&pubs[0].body).unwrap();
+        let error: ErrorInfo = c
+            .cfg
+            .cipher
+            .decrypt_json(
+                envelope["error"].as_str().unwrap().as_bytes(),
+                ProtocolVersion::V1,
+            )
+            .unwrap();
+        assert_eq!(error.message, "Rebound limit exceeded");
+        assert_eq!(error.name, "Error");
+
+        // Iteration 20 itself is still allowed with limit 20.
+        let mut headers = default_headers();
+        headers.insert("reboundIteration".into(), AMQPValue::LongInt(19));
+        let c = ctx_with(cfg(), headers, StepFlags::default());
+        let p = &c
+            .publications_at(
+                Outgoing::Rebound {
+                    reason: "busy".into(),
+                },
+                END,
+            )
+            .unwrap()[0];
+        assert_eq!(p.kind, PublicationKind::Rebound);
+        assert_eq!(p.header("reboundIteration"), Some(&js_number(20)));
+        // 2^19·15 s exceeds the broker's maximum per-message TTL (2^32-1 ms): capped.
+        assert_eq!(
+            p.properties.expiration().as_ref().unwrap().as_str(),
+            u32::MAX.to_string()
+        );
+
+        // REBOUND_LIMIT=0: no rebound at all.
+        let c = ctx_with(
+            cfg_from(with(base_env(), "ELASTICIO_REBOUND_LIMIT", "0")),
+            default_headers(),
+            StepFlags::default(),
+        );
+        let pubs = c
+            .publications_at(Outgoing::Rebound { reason: "x".into() }, END)
+            .unwrap();
+        assert_eq!(pubs[0].kind, PublicationKind::Error);
+    }
+
+    #[test]
+    fn non_numeric_rebound_iteration_counts_as_first() {
+        // Node: `typeof h.reboundIteration === 'number'`.
+        let mut headers = default_headers();
+        headers.insert("reboundIteration".into(), s("7"));
+        let c = ctx_with(cfg(), headers, StepFlags::default());
+        let p = &c
+            .publications_at(Outgoing::Rebound { reason: "r".into() }, END)
+            .unwrap()[0];
+        assert_eq!(p.header("reboundIteration"), Some(&js_number(1)));
+    }
+
+    #[test]
+    fn rebound_expiration_is_capped() {
+        assert_eq!(rebound_expiration_ms(15_000, 1), 15_000);
+        assert_eq!(rebound_expiration_ms(15_000, 2), 30_000);
+        assert_eq!(rebound_expiration_ms(15_000, 3), 60_000);
+        assert_eq!(rebound_expiration_ms(15_000, 100), u64::from(u32::MAX));
+        assert_eq!(rebound_expiration_ms(0, 5), 0);
+    }
+
+    #[test]
+    fn snapshots_are_plain_json() {
+        let c = ctx();
+        let p = &c
+            .publications_at(Outgoing::Snapshot(json!({"cursor": "2024-01-01"})), END)
+            .unwrap()[0];
+        assert_eq!(p.kind, PublicationKind::Snapshot);
+        assert_eq!(
+            p.routing_key,
+            "5559edd38968ec0736000003.step_1.1432205514864.snapshot"
+        );
+        assert_eq!(p.body, br#"{"cursor":"2024-01-01"}"#);
+        assert_eq!(p.header("snapshotEvent"), Some(&s("snapshot")));
+        assert!(p.header("end").is_none());
+        assert!(p.header("protocolVersion").is_none());
+        let mut update = Map::new();
+        update.insert("page".into(), json!(2));
+        let p = &c
+            .publications_at(Outgoing::UpdateSnapshot(update), END)
+            .unwrap()[0];
+        assert_eq!(p.body, br#"{"page":2}"#);
+        assert_eq!(p.header("snapshotEvent"), Some(&s("updateSnapshot")));
+    }
+
+    #[test]
+    fn http_reply_goes_to_reply_to_in_v1() {
+        let c = ctx_with(
+            cfg_from(with(base_env(), "ELASTICIO_PROTOCOL_VERSION", "2")),
+            default_headers(),
+            StepFlags::default(),
+        );
+        let mut headers = Map::new();
+        headers.insert("content-type".into(), json!("text/plain"));
+        headers.insert("x-eio-routing-key".into(), json!("stripped"));
+        let reply = HttpReply {
+            status_code: 201,
+            body: json!("created"),
+            headers,
+        };
+        let p = &c.publications_at(Outgoing::HttpReply(reply), END).unwrap()[0];
+        assert_eq!(p.kind, PublicationKind::HttpReply);
+        assert_eq!(p.routing_key, "reply.queue.key");
+        assert_eq!(
+            p.header("protocolVersion"),
+            Some(&AMQPValue::ShortShortInt(1))
+        );
+        assert!(p.header("end").is_none());
+        let plain = c.cfg.cipher.decrypt(&p.body, ProtocolVersion::V1).unwrap();
+        assert_eq!(
+            String::from_utf8(plain).unwrap(),
+            r#"{"statusCode":201,"body":"created","headers":{"content-type":"text/plain"}}"#
+        );
+
+        let c = ctx_with(cfg(), FieldTable::default(), StepFlags::default());
+        let e = c
+            .publications_at(
+                Outgoing::HttpReply(HttpReply {
+                    status_code: 200,
+                    body: json!({}),
+                    headers: Map::new(),
+                }),
+                END,
+            )
+            .unwrap_err();
+        assert_eq!(e, ProtocolError::NoReplyTo);
+        assert_eq!(
+            e.to_string(),
+            "Component emitted 'httpReply' event but 'reply_to' was not found in AMQP headers"
+        );
+    }
+
+    #[test]
+    fn update_keys_publication() {
+        let flags = StepFlags {
+            is_passthrough: false,
+            account_id: Some("acc-123".into()),
+        };
+        let c = ctx_with(cfg(), default_headers(), flags);
+        let keys = json!({"oauth": {"access_token": "new", "refresh_token": "r2"}});
+        let p = &c
+            .publications_at(
+                Outgoing::UpdateKeys {
+                    keys: keys.clone(),
+                    generation: 7,
+                },
+                END,
+            )
+            .unwrap()[0];
+        assert_eq!(p.kind, PublicationKind::UpdateKeys);
+        assert_eq!(p.exchange, "userexchange:5527f0ea43238e5d5f000001");
+        assert_eq!(
+            p.routing_key,
+            "5559edd38968ec0736000003.step_1.1432205514864.update_keys"
+        );
+        assert_eq!(p.header("accountId"), Some(&s("acc-123")));
+        assert_eq!(p.header("stepId"), Some(&s("step_1")));
+        assert_eq!(p.header("generation"), Some(&AMQPValue::ShortShortInt(7)));
+        assert_eq!(
+            p.header("protocolVersion"),
+            Some(&AMQPValue::ShortShortInt(1))
+        );
+        assert_eq!(p.header("end"), Some(&AMQPValue::LongLongInt(END)));
+        assert_eq!(*p.properties.delivery_mode(), Some(2), "always persistent");
+        let body: Value = c
+            .cfg
+            .cipher
+            .decrypt_json(&p.body, ProtocolVersion::V1)
+            .unwrap();
+        assert_eq!(body, json!({ "keys": keys }));
+
+        let e = ctx()
+            .publications_at(
+                Outgoing::UpdateKeys {
+                    keys: json!({}),
+                    generation: 1,
+                },
+                END,
+            )
+            .unwrap_err();
+        assert_eq!(e, ProtocolError::NoAccount);
+    }
+
+    #[test]
+    fn outgoing_size_limit() {
+        let c = ctx_with(
+            cfg_from(with(
+                base_env(),
+                "ELASTICIO_OUTGOING_MESSAGE_SIZE_LIMIT",
+                "200",
+            )),
+            default_headers(),
+            StepFlags::default(),
+        );
+        let small = Message::new(json!("x"));
+        assert!(c.publications_at(Outgoing::Data(small), END).is_ok());
+        let big = Message::new(json!("x".repeat(500)));
+        let size = c.cfg.cipher.encrypt_json(&big, ProtocolVersion::V1).len();
+        let e = c.publications_at(Outgoing::Data(big), END).unwrap_err();
+        assert_eq!(e, ProtocolError::TooLarge { size, limit: 200 });
+        assert_eq!(
+            e.to_string(),
+            format!("Outgoing message size {size} exceeds limit of 200.")
+        );
+        // The limit is inclusive, like Node's `>` check.
+        let exact = Message::new(json!("x"));
+        let n = c.cfg.cipher.encrypt_json(&exact, ProtocolVersion::V1).len();
+        let c = ctx_with(
+            cfg_from(with(
+                base_env(),
+                "ELASTICIO_OUTGOING_MESSAGE_SIZE_LIMIT",
+                &n.to_string(),
+            )),
+            default_headers(),
+            StepFlags::default(),
+        );
+        assert!(c.publications_at(Outgoing::Data(exact), END).is_ok());
+    }
+
+    #[test]
+    fn retry_header_only_on_retries() {
+        let p = &ctx()
+            .publications_at(Outgoing::Snapshot(json!({})), END)
+            .unwrap()[0];
+        let first = p.amqp_properties(0);
+        assert!(!first.headers().as_ref().unwrap().contains_key("retry"));
+        assert_eq!(first.headers().as_ref().unwrap(), &p.headers);
+        let third = p.amqp_properties(3);
+        assert_eq!(
+            third.headers().as_ref().unwrap().inner().get("retry"),
+            Some(&AMQPValue::ShortShortInt(3))
+        );
+        assert_eq!(third.content_type(), p.properties.content_type());
+    }
+
+    #[test]
+    fn numbers_are_typed_like_amqplib() {
+        assert_eq!(js_number(1), AMQPValue::ShortShortInt(1));
+        assert_eq!(js_number(-128), AMQPValue::ShortShortInt(-128));
+        assert_eq!(js_number(200), AMQPValue::ShortInt(200));
+        assert_eq!(js_number(100_000), AMQPValue::LongInt(100_000));
+        assert_eq!(js_number(START), AMQPValue::LongLongInt(START));
+        assert_eq!(js_string("a"), AMQPValue::LongString("a".into()));
+    }
+
+    #[test]
+    fn message_keeps_unknown_fields() {
+        let raw = json!({
+            "id": 42,
+            "body": {"a": 1},
+            "attachments": null,
+            "headers": {"h": "v"},
+            "method": "POST",
+            "url": "https://in.example/hook",
+            "query": {"q": "1"}
+        });
+        let m: Message = serde_json::from_value(raw).unwrap();
+        assert_eq!(m.id.as_deref(), Some("42"));
+        assert!(m.attachments.is_empty());
+        assert_eq!(m.extra["method"], json!("POST"));
+        let back = serde_json::to_value(&m).unwrap();
+        assert_eq!(back["url"], json!("https://in.example/hook"));
+        assert_eq!(back["query"], json!({"q": "1"}));
+        assert!(back.get("passthrough").is_none());
+        let minimal: Message = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(minimal.body, json!({}));
+        assert_eq!(minimal.id, None);
+    }
+
+    #[test]
+    fn decode_input() {
+        let cfg = cfg();
+        let incoming = incoming_with(&cfg, default_headers(), ProtocolVersion::V1);
+        let m = incoming.decode(&cfg.cipher, InputFormat::Default).unwrap();
+        assert_eq!(m.body, json!({"n": 1}));
+        assert_eq!(m.headers["reply_to"], json!("reply.queue.key"));
+        assert_eq!(incoming.message_id().as_deref(), Some("in-1"));
+
+        // Header says v2 but the body is v1 → undecryptable, an error (never a panic).
+        let mut wrong = incoming.clone();
+        wrong.properties = wrong
+            .properties
+            .clone()
+            .with_headers(table(&[("protocolVersion", s("2"))]));
+        assert!(matches!(
+            wrong.decode(&cfg.cipher, InputFormat::Default),
+            Err(ProtocolError::Decrypt(_))
+        ));
+        let garbage = Incoming::new(BasicProperties::default(), b"%%%".to_vec());
+        assert!(garbage.decode(&cfg.cipher, InputFormat::Default).is_err());
+        let empty = Incoming::new(BasicProperties::default(), Vec::new());
+        assert!(empty.decode(&cfg.cipher, InputFormat::Default).is_err());
+        let array = Incoming::new(
+            BasicProperties::default(),
+            cfg.cipher.encrypt(b"[1,2]", ProtocolVersion::V1),
+        );
+        assert!(matches!(
+            array.decode(&cfg.cipher, InputFormat::Default),
+            Err(ProtocolError::InvalidMessage(_))
+        ));
+    }
+
+    #[test]
+    fn decode_error_format_input() {
+        let cfg = cfg();
+        // An error envelope as produced by a failing step.
+        let producer = ctx();
+        let p = &producer
+            .publications_at(Outgoing::Error(ErrorInfo::new("bad")), END)
+            .unwrap()[0];
+        let incoming = Incoming::new(
+            BasicProperties::default().with_headers(p.headers.clone()),
+            p.body.clone(),
+        );
+        let m = incoming.decode(&cfg.cipher, InputFormat::Error).unwrap();
+        assert_eq!(m.body["error"]["message"], json!("bad"));
+        assert_eq!(m.body["errorInput"]["body"], json!({"n": 1}));
+        assert_eq!(m.headers["stepId"], json!("step_1"));
+        assert_eq!(m.headers["start"], json!(START));
+        assert_eq!(m.headers["reply_to"], json!("reply.queue.key"));
+    }
+
+    #[test]
+    fn startup_error() {
+        let cfg = cfg();
+        let p = startup_error_publication(&cfg, &ErrorInfo::new("init failed"));
+        assert_eq!(p.routing_key, cfg.amqp.error_routing_key);
+        let mut k = keys(&p.headers);
+        k.sort_unstable();
+        assert_eq!(
+            k,
+            [
+                "compId",
+                "containerId",
+                "execId",
+                "function",
+                "messageId",
+                "stepId",
+                "taskId",
+                "userId",
+                "workspaceId"
+            ]
+        );
+        let envelope: Map<String, Value> = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(keys_of(&envelope), ["error"]);
+    }
+
+    #[test]
+    fn error_info_from_rust_errors() {
+        let io = std::io::Error::other("disk on fire");
+        let e = ErrorInfo::from_error(&io);
+        assert_eq!(e.name, "Error");
+        assert_eq!(e.message, "disk on fire");
+        assert!(e.stack.starts_with("Error: disk on fire"));
+        let json = serde_json::to_string(&ErrorInfo::new("m")).unwrap();
+        assert_eq!(json, r#"{"name":"Error","message":"m","stack":"Error: m"}"#);
+    }
+
+    #[test]
+    fn amqp_json_conversion() {
+        let t = table(&[
+            ("s", s("x")),
+            ("n", js_number(300)),
+            ("b", AMQPValue::Boolean(true)),
+            ("v", AMQPValue::Void),
+            ("d", AMQPValue::Double(1.5)),
+        ]);
+        assert_eq!(
+            field_table_to_json(&t),
+            json!({"s": "x", "n": 300, "b": true, "v": null, "d": 1.5})
+        );
+        assert_eq!(json_to_amqp_value(&json!(5)), AMQPValue::ShortShortInt(5));
+        assert_eq!(json_to_amqp_value(&json!("a")), js_string("a"));
+    }
 }
