@@ -688,11 +688,21 @@ impl Consumer {
             let Some(sub) = self.subscription.as_mut() else {
                 continue;
             };
+            // Messages lapin buffered before the channel died can no longer be settled and
+            // will be redelivered: processing them would only produce duplicates.
+            if !sub.channel.status().connected() {
+                warn!(queue = %self.queue, "consumer channel closed; reconnecting");
+                self.subscription = None;
+                continue;
+            }
             let item = tokio::select! {
                 _ = stop.stopped() => continue,
                 item = sub.consumer.next() => item,
             };
             match item {
+                Some(Ok(d)) if d.acker.poisoned() => {
+                    debug!(queue = %self.queue, "dropping a delivery of a closed channel; the broker redelivers it");
+                }
                 Some(Ok(d)) => {
                     return Some(Delivery::from_lapin(d, sub.channel.clone(), sub.generation));
                 }

@@ -24,9 +24,6 @@
 //! * A data message without an `id` gets a fresh uuid as its `messageId` header; Node reuses the
 //!   per-input uuid, so two id-less messages emitted for one input would share a `messageId`
 //!   and look like duplicates to a deduplicating receiver.
-//! * Rebound expirations are capped at `2^32-1` ms (~49.7 days), the largest per-message TTL
-//!   RabbitMQ accepts. Node sends the uncapped value, so with the default settings its 20th
-//!   rebound (`2^19·15 s`) is refused by the broker.
 //! * `updateKeys` is published over AMQP ([`Outgoing::UpdateKeys`], Deckhand addition) instead
 //!   of Sailor's `PUT /v1/accounts/{id}`.
 
@@ -667,13 +664,16 @@ fn without_headers(p: &BasicProperties) -> BasicProperties {
     out
 }
 
-/// The expiration of rebound number `iteration` (1-based): `2^(iteration-1)·initial` ms,
-/// capped at `2^32-1` ms, the largest per-message TTL RabbitMQ accepts.
+/// The expiration of rebound number `iteration` (1-based): `2^(iteration-1)·initial` ms.
+///
+/// Like Node there is no cap (RabbitMQ accepts e.g. the 20th default rebound's 7864320000 ms);
+/// the product saturates at `u64::MAX` where JavaScript would switch to exponent notation
+/// (which the broker would refuse) — far beyond any real `REBOUND_LIMIT`.
 pub fn rebound_expiration_ms(initial_ms: u64, iteration: u32) -> u64 {
     let factor = 1u64
         .checked_shl(iteration.saturating_sub(1))
         .unwrap_or(u64::MAX);
-    initial_ms.saturating_mul(factor).min(u64::from(u32::MAX))
+    initial_ms.saturating_mul(factor)
 }
 
 /// Everything needed to turn the events of one input message into publications.
@@ -1683,10 +1683,9 @@ mod tests {
             .unwrap()[0];
         assert_eq!(p.kind, PublicationKind::Rebound);
         assert_eq!(p.header("reboundIteration"), Some(&js_number(20)));
-        // 2^19·15 s exceeds the broker's maximum per-message TTL (2^32-1 ms): capped.
         assert_eq!(
             p.properties.expiration().as_ref().unwrap().as_str(),
-            u32::MAX.to_string()
+            "7864320000"
         );
 
         // REBOUND_LIMIT=0: no rebound at all.
@@ -1714,11 +1713,12 @@ mod tests {
     }
 
     #[test]
-    fn rebound_expiration_is_capped() {
+    fn rebound_expiration_doubles_and_saturates() {
         assert_eq!(rebound_expiration_ms(15_000, 1), 15_000);
         assert_eq!(rebound_expiration_ms(15_000, 2), 30_000);
         assert_eq!(rebound_expiration_ms(15_000, 3), 60_000);
-        assert_eq!(rebound_expiration_ms(15_000, 100), u64::from(u32::MAX));
+        assert_eq!(rebound_expiration_ms(15_000, 20), 7_864_320_000);
+        assert_eq!(rebound_expiration_ms(15_000, 100), u64::MAX);
         assert_eq!(rebound_expiration_ms(0, 5), 0);
     }
 
