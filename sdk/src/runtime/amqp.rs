@@ -946,3 +946,40 @@ pub(crate) mod test_support {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn throttle_allows_limit_per_interval() {
+        let throttle = Throttle::new(2, Duration::from_millis(80)).unwrap();
+        let start = Instant::now();
+        throttle.acquire().await;
+        throttle.acquire().await;
+        assert!(start.elapsed() < Duration::from_millis(60));
+        throttle.acquire().await;
+        assert!(start.elapsed() >= Duration::from_millis(80));
+        assert!(Throttle::new(0, Duration::from_millis(80)).is_none());
+        assert!(Throttle::new(5, Duration::ZERO).is_none());
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(30);
+        assert_eq!(backoff(base, 0, max), base);
+        assert_eq!(backoff(base, 3, max), Duration::from_millis(800));
+        assert_eq!(backoff(base, 40, max), max);
+    }
+
+    #[test]
+    fn options_debug_hides_the_password() {
+        let uri = AmqpUri::parse("amqp://user:hunter2@rabbit:5672/%2f").unwrap();
+        let opts = TransportOptions::new(uri);
+        let dbg = format!("{opts:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("amqp://user:***@rabbit:5672/%2f"), "{dbg}");
+        assert_eq!(opts.connection_name, hostname());
+    }
+}
