@@ -2,7 +2,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::{ConnectorError, Message};
 
@@ -51,15 +51,7 @@ impl Event {
 }
 
 /// The elastic.io error payload: `{name, message, stack}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorPayload {
-    /// The error's name.
-    pub name: String,
-    /// The error's message.
-    pub message: String,
-    /// The chain of causes.
-    pub stack: String,
-}
+pub use crate::runtime::protocol::ErrorInfo as ErrorPayload;
 
 impl From<&ConnectorError> for ErrorPayload {
     fn from(err: &ConnectorError) -> Self {
@@ -82,18 +74,8 @@ pub struct KeysNotice {
     pub keys: Vec<String>,
 }
 
-/// The reply to a request-reply webhook.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HttpReply {
-    /// The HTTP status.
-    pub status_code: u16,
-    /// The response body.
-    pub body: Value,
-    /// Response headers.
-    #[serde(default)]
-    pub headers: Map<String, Value>,
-}
+/// The reply to a request-reply webhook: `{statusCode, body, headers}`.
+pub use crate::runtime::protocol::HttpReply;
 
 /// An event could not be handed to the transport.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,985 @@
+//! RabbitMQ transport on lapin: separate read and write connections, a confirm-channel
+//! publisher with retries, and a self-healing consumer (reference §4.4–4.6).
+//!
+//! * **Connections**: like Node, one connection for consuming (`<hostname>-read`) and one for
+//!   publishing (`<hostname>-write`), named through the `connection_name` client property.
+//!   Opening a connection makes `1 + ELASTICIO_AMQP_RECONNECT_ATTEMPTS` tries, pausing
+//!   `ELASTICIO_AMQP_RECONNECT_TIMEOUT` between them; [`Transport::connect`] fails with a clear
+//!   error if the broker cannot be reached at startup.
+//! * **Publishing** ([`Publisher`]): a confirm channel; every publish waits for its broker
+//!   confirm. A nack, a closed channel/connection or a confirm timeout is retried after
+//!   `min(RETRY_DELAY·2^n, MAX_RETRY_DELAY)` with header `retry: n`, up to
+//!   `ELASTICIO_AMQP_PUBLISH_RETRY_ATTEMPTS` attempts; the channel (and if needed the
+//!   connection) is reopened between attempts. Deviation: Node fails at once when the channel
+//!   is closed (`IllegalOperationError`); Deckhand reconnects and retries, which is what its
+//!   retry budget is for. Throttles (`*_RATE_LIMIT` per `RATE_INTERVAL`) apply per kind.
+//! * **Consuming** ([`Consumer`]): `basic.qos(prefetch)` then `basic.consume`. When the channel
+//!   or connection dies (broker restart, forced close, network loss) the consumer reconnects
+//!   and re-subscribes by itself, forever, with capped exponential backoff; unacknowledged
+//!   messages are redelivered by the broker. [`Delivery::ack`]/[`Delivery::reject`] on a
+//!   delivery whose channel died report [`SettleError::ChannelClosed`] instead of panicking.
+//!   Pair it with [`crate::runtime::dedup::Deduplicator`] so a redelivered message that was
+//!   already processed is settled without running twice.
+//! * The runtime never declares exchanges, queues or bindings: the platform does.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
+use tokio::sync::{Mutex, Notify};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::runtime::config::{AmqpUri, PublishRetry, RateLimits, RuntimeConfig};
+use crate::runtime::protocol::{Incoming, Publication, PublicationKind};
+
+/// How the transport connects, publishes and consumes.
+#[derive(Debug, Clone)]
+pub struct TransportOptions {
+    /// Broker URI.
+    pub uri: AmqpUri,
+    /// Connection name prefix; `-read` / `-write` is appended (Node uses the hostname).
+    pub connection_name: String,
+    /// `basic.qos` prefetch of consumers.
+    pub prefetch: u16,
+    /// Extra connection attempts after a failed one (`ELASTICIO_AMQP_RECONNECT_ATTEMPTS`).
+    pub connect_attempts: u32,
+    /// Pause between connection attempts and first consumer re-subscribe delay
+    /// (`ELASTICIO_AMQP_RECONNECT_TIMEOUT`).
+    pub connect_retry_delay: Duration,
+    /// Timeout of one connection attempt (TCP + AMQP handshake).
+    pub connect_timeout: Duration,
+    /// Cap of the consumer's re-subscribe backoff.
+    pub reconnect_max_delay: Duration,
+    /// Publish retry policy.
+    pub publish_retry: PublishRetry,
+    /// How long to wait for a broker confirm before treating the attempt as failed.
+    pub confirm_timeout: Duration,
+    /// Outgoing throttles, `None` for none.
+    pub rate_limits: Option<RateLimits>,
+}
+
+impl TransportOptions {
+    /// Defaults for `uri`: Node's reconnect/retry defaults, prefetch 1, no throttles.
+    pub fn new(uri: AmqpUri) -> Self {
+        Self {
+            uri,
+            connection_name: hostname(),
+            prefetch: 1,
+            connect_attempts: 3,
+            connect_retry_delay: Duration::from_millis(100),
+            connect_timeout: Duration::from_secs(30),
+            reconnect_max_delay: Duration::from_secs(30),
+            publish_retry: PublishRetry::default(),
+            confirm_timeout: Duration::from_secs(60),
+            rate_limits: None,
+        }
+    }
+
+    /// The options a worker uses, from its configuration.
+    pub fn from_config(cfg: &RuntimeConfig) -> Self {
+        Self {
+            prefetch: cfg.amqp.prefetch,
+            connect_attempts: cfg.amqp.reconnect_attempts,
+            connect_retry_delay: cfg.amqp.reconnect_timeout,
+            publish_retry: cfg.amqp.publish_retry,
+            rate_limits: Some(cfg.rate_limits),
+            ..Self::new(cfg.amqp.uri.clone())
+        }
+    }
+}
+
+/// The host name, for connection names (Node: `os.hostname()`).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "deckhand".to_owned())
+}
+
+/// A connection, consume or subscribe failure. Never contains the broker password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The broker could not be reached or refused the connection.
+    #[error("RabbitMQ not reachable at {uri} ({connection}) after {attempts} attempt(s): {reason}")]
+    Connect {
+        /// Broker URI, password redacted.
+        uri: String,
+        /// `read` or `write`.
+        connection: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Last error.
+        reason: String,
+    },
+    /// A channel could not be opened or configured.
+    #[error("AMQP channel error: {0}")]
+    Channel(String),
+    /// `basic.consume` failed, e.g. the queue does not exist.
+    #[error("cannot consume from queue `{queue}`: {reason}")]
+    Subscribe {
+        /// The queue.
+        queue: String,
+        /// Broker error.
+        reason: String,
+    },
+}
+
+/// A publish that could not be confirmed within the retry budget.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "failed to publish to exchange `{exchange}` with routing key `{routing_key}` after {attempts} attempt(s): {last_error}"
+)]
+pub struct PublishError {
+    /// Exchange.
+    pub exchange: String,
+    /// Routing key.
+    pub routing_key: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last attempt's failure.
+    pub last_error: String,
+}
+
+/// Why an ack or reject did not reach the broker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettleError {
+    /// The delivery's channel or connection is gone; the broker will redeliver the message.
+    #[error("channel closed before the delivery was settled; the broker will redeliver it")]
+    ChannelClosed,
+    /// The delivery was already acked or rejected.
+    #[error("delivery already settled")]
+    AlreadySettled,
+    /// The broker or client reported an error while settling.
+    #[error("settling the delivery failed: {0}")]
+    Amqp(String),
+}
+
+/// The broker's answer to a confirmed publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirmed {
+    /// Publish attempts it took (1 = first try).
+    pub attempts: u32,
+    /// `Some((reply_code, reply_text))` if a mandatory publish was unroutable and returned
+    /// (no queue bound for the routing key). The broker still acked it; Node ignores this too.
+    pub returned: Option<(u16, String)>,
+}
+
+/// Exponential delay `base·2^n` capped at `max`.
+fn backoff(base: Duration, n: u32, max: Duration) -> Duration {
+    base.checked_mul(1u32.checked_shl(n).unwrap_or(u32::MAX))
+        .unwrap_or(max)
+        .min(max)
+}
+
+/// One of the two connections, reopened on demand.
+struct ConnSlot {
+    uri: AMQPUri,
+    redacted_uri: String,
+    role: &'static str,
+    name: String,
+    retry_delay: Duration,
+    connect_timeout: Duration,
+    current: Mutex<Option<Arc<Connection>>>,
+}
+
+impl ConnSlot {
+    fn new(opts: &TransportOptions, role: &'static str) -> Self {
+        Self {
+            uri: opts.uri.parsed().clone(),
+            redacted_uri: opts.uri.redacted(),
+            role,
+            name: format!("{}-{role}", opts.connection_name),
+            retry_delay: opts.connect_retry_delay,
+            connect_timeout: opts.connect_timeout,
+            current: Mutex::new(None),
+        }
+    }
+
+    /// The live connection, or a new one after up to `1 + attempts` tries. The lock makes
+    /// concurrent callers share one reconnect.
+    async fn get(&self, extra_attempts: u32) -> Result<Arc<Connection>, TransportError> {
+        let mut current = self.current.lock().await;
+        if let Some(conn) = current.as_ref() {
+            if conn.status().connected() {
+                return Ok(conn.clone());
+            }
+            warn!(connection = %self.name, "AMQP connection lost, reconnecting");
+        }
+        *current = None;
+        let mut last = String::new();
+        for attempt in 0..=extra_attempts {
+            if attempt > 0 {
+                tokio::time::sleep(self.retry_delay).await;
+                debug!(connection = %self.name, attempt, "AMQP reconnecting");
+            }
+            let props =
+                ConnectionProperties::default().with_connection_name(self.name.clone().into());
+            match tokio::time::timeout(
+                self.connect_timeout,
+                Connection::connect_uri(self.uri.clone(), props),
+            )
+            .await
+            {
+                Ok(Ok(conn)) => {
+                    info!(connection = %self.name, uri = %self.redacted_uri, "AMQP connected");
+                    let conn = Arc::new(conn);
+                    *current = Some(conn.clone());
+                    return Ok(conn);
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = format!("timed out after {:?}", self.connect_timeout),
+            }
+            warn!(connection = %self.name, attempt, error = %last, "AMQP connection attempt failed");
+        }
+        Err(TransportError::Connect {
+            uri: self.redacted_uri.clone(),
+            connection: self.role.to_owned(),
+            attempts: extra_attempts + 1,
+            reason: last,
+        })
+    }
+
+    async fn close(&self) {
+        if let Some(conn) = self.current.lock().await.take()
+            && conn.status().connected()
+        {
+            let _ = conn.close(200, "OK".into()).await;
+        }
+    }
+}
+
+/// The read and write connections of a worker.
+#[derive(Clone)]
+pub struct Transport {
+    opts: Arc<TransportOptions>,
+    read: Arc<ConnSlot>,
+    publisher: Publisher,
+}
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transport")
+            .field("uri", &self.opts.uri)
+            .field("connection_name", &self.opts.connection_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    /// Opens both connections and the publish channel; fails if the broker is unreachable
+    /// after the configured attempts.
+    pub async fn connect(opts: TransportOptions) -> Result<Self, TransportError> {
+        let opts = Arc::new(opts);
+        let read = Arc::new(ConnSlot::new(&opts, "read"));
+        let write = Arc::new(ConnSlot::new(&opts, "write"));
+        read.get(opts.connect_attempts).await?;
+        let publisher = Publisher::new(write, &opts);
+        publisher.inner.channel().await.map_err(|e| match e {
+            AttemptError::Connect(e) => e,
+            other => TransportError::Channel(other.to_string()),
+        })?;
+        Ok(Self {
+            opts,
+            read,
+            publisher,
+        })
+    }
+
+    /// The publisher (cheap to clone, safe to share between tasks).
+    pub fn publisher(&self) -> Publisher {
+        self.publisher.clone()
+    }
+
+    /// Starts consuming `queue` with the configured prefetch. The first subscription must
+    /// succeed (a missing queue is an error here); later ones are retried forever.
+    pub async fn consume(&self, queue: &str) -> Result<Consumer, TransportError> {
+        let mut consumer = Consumer {
+            slot: self.read.clone(),
+            queue: queue.to_owned(),
+            prefetch: self.opts.prefetch,
+            extra_attempts: self.opts.connect_attempts,
+            retry_delay: self.opts.connect_retry_delay,
+            max_delay: self.opts.reconnect_max_delay,
+            subscription: None,
+            generation: 0,
+            stop: StopHandle::default(),
+            finished: false,
+        };
+        consumer.subscribe().await?;
+        Ok(consumer)
+    }
+
+    /// Closes both connections. In-flight deliveries can no longer be settled afterwards.
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.publisher.inner.slot.close().await;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error(transparent)]
+    Connect(TransportError),
+    #[error("channel: {0}")]
+    Channel(String),
+    #[error("publish: {0}")]
+    Publish(String),
+    #[error("broker nacked the message")]
+    Nack,
+    #[error("no broker confirm within {0:?}")]
+    ConfirmTimeout(Duration),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// At most `limit` publishes per `interval` (p-throttle semantics).
+struct Throttle {
+    limit: usize,
+    interval: Duration,
+    starts: Mutex<VecDeque<Instant>>,
+}
+
+impl Throttle {
+    fn new(limit: u32, interval: Duration) -> Option<Self> {
+        (limit > 0 && !interval.is_zero()).then(|| Self {
+            limit: limit as usize,
+            interval,
+            starts: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    async fn acquire(&self) {
+        // Holding the lock while sleeping queues waiters fairly (tokio's Mutex is FIFO).
+        let mut starts = self.starts.lock().await;
+        let now = Instant::now();
+        while starts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.interval)
+        {
+            starts.pop_front();
+        }
+        if starts.len() >= self.limit
+            && let Some(oldest) = starts.pop_front()
+        {
+            tokio::time::sleep_until(oldest + self.interval).await;
+        }
+        starts.push_back(Instant::now());
+    }
+}
+
+struct PublisherInner {
+    slot: Arc<ConnSlot>,
+    connect_attempts: u32,
+    channel: Mutex<Option<(u64, Channel)>>,
+    channel_generation: AtomicU64,
+    retry: PublishRetry,
+    confirm_timeout: Duration,
+    data: Option<Throttle>,
+    error: Option<Throttle>,
+    snapshot: Option<Throttle>,
+}
+
+/// Publishes [`Publication`]s on a confirm channel of the write connection.
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<PublisherInner>,
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("connection", &self.inner.slot.name)
+            .field("retry", &self.inner.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    fn new(slot: Arc<ConnSlot>, opts: &TransportOptions) -> Self {
+        let throttle = |pick: fn(&RateLimits) -> u32| {
+            opts.rate_limits
+                .as_ref()
+                .and_then(|r| Throttle::new(pick(r), r.interval))
+        };
+        Self {
+            inner: Arc::new(PublisherInner {
+                slot,
+                connect_attempts: opts.connect_attempts,
+                channel: Mutex::new(None),
+                channel_generation: AtomicU64::new(0),
+                retry: opts.publish_retry,
+                confirm_timeout: opts.confirm_timeout,
+                data: throttle(|r| r.data),
+                error: throttle(|r| r.error),
+                snapshot: throttle(|r| r.snapshot),
+            }),
+        }
+    }
+
+    /// Publishes and waits for the broker's confirm, retrying as configured. Resolves once
+    /// the broker has taken responsibility for the message.
+    pub async fn publish(&self, publication: &Publication) -> Result<Confirmed, PublishError> {
+        let inner = &self.inner;
+        let throttle = match publication.kind {
+            PublicationKind::Data => inner.data.as_ref(),
+            PublicationKind::Error => inner.error.as_ref(),
+            PublicationKind::Snapshot => inner.snapshot.as_ref(),
+            _ => None,
+        };
+        if let Some(throttle) = throttle {
+            throttle.acquire().await;
+        }
+        let mut failures = 0u32;
+        loop {
+            match inner.attempt(publication, failures).await {
+                Ok(returned) => {
+                    if let Some((code, text)) = &returned {
+                        warn!(
+                            exchange = %publication.exchange,
+                            routing_key = %publication.routing_key,
+                            code, text = %text,
+                            "published message was unroutable and returned by the broker"
+                        );
+                    }
+                    return Ok(Confirmed {
+                        attempts: failures + 1,
+                        returned,
+                    });
+                }
+                Err(e) => {
+                    failures += 1;
+                    let fatal = matches!(e, AttemptError::Invalid(_));
+                    if fatal || !inner.retry.may_retry(failures) {
+                        return Err(PublishError {
+                            exchange: publication.exchange.clone(),
+                            routing_key: publication.routing_key.clone(),
+                            attempts: failures,
+                            last_error: e.to_string(),
+                        });
+                    }
+                    let delay = inner.retry.delay_after(failures - 1);
+                    warn!(
+                        exchange = %publication.exchange,
+                        routing_key = %publication.routing_key,
+                        attempt = failures, error = %e, ?delay,
+                        "publish failed, retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+impl PublisherInner {
+    /// The current confirm channel, opening one (and the connection) if needed.
+    async fn channel(&self) -> Result<(u64, Channel), AttemptError> {
+        let mut current = self.channel.lock().await;
+        if let Some((generation, channel)) = current.as_ref()
+            && channel.status().connected()
+        {
+            return Ok((*generation, channel.clone()));
+        }
+        *current = None;
+        let conn = self
+            .slot
+            .get(self.connect_attempts)
+            .await
+            .map_err(AttemptError::Connect)?;
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|e| AttemptError::Channel(e.to_string()))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| AttemptError::Channel(e.to_string()))?;
+        let generation = self.channel_generation.fetch_add(1, Ordering::Relaxed) + 1;
+        *current = Some((generation, channel.clone()));
+        Ok((generation, channel))
+    }
+
+    /// Drops the channel of `generation` so the next attempt opens a fresh one; a channel that
+    /// still looks alive (confirm timeout) is closed so late confirms cannot confuse it.
+    async fn discard(&self, generation: u64) {
+        let mut current = self.channel.lock().await;
+        if current.as_ref().is_some_and(|(g, _)| *g == generation)
+            && let Some((_, channel)) = current.take()
+            && channel.status().connected()
+        {
+            tokio::spawn(async move {
+                let _ = channel
+                    .close(200, "discarded after publish failure".into())
+                    .await;
+            });
+        }
+    }
+
+    async fn attempt(
+        &self,
+        p: &Publication,
+        retry: u32,
+    ) -> Result<Option<(u16, String)>, AttemptError> {
+        let exchange = ShortString::try_new(p.exchange.clone())
+            .map_err(|e| AttemptError::Invalid(format!("exchange name: {e}")))?;
+        let routing_key = ShortString::try_new(p.routing_key.clone())
+            .map_err(|e| AttemptError::Invalid(format!("routing key: {e}")))?;
+        let (generation, channel) = self.channel().await?;
+        let options = BasicPublishOptions {
+            mandatory: p.mandatory,
+            immediate: false,
+        };
+        let result = async {
+            let confirm = channel
+                .basic_publish(
+                    exchange,
+                    routing_key,
+                    options,
+                    &p.body,
+                    p.amqp_properties(retry),
+                )
+                .await
+                .map_err(|e| AttemptError::Publish(e.to_string()))?;
+            match tokio::time::timeout(self.confirm_timeout, confirm).await {
+                Err(_) => Err(AttemptError::ConfirmTimeout(self.confirm_timeout)),
+                Ok(Err(e)) => Err(AttemptError::Publish(e.to_string())),
+                Ok(Ok(Confirmation::Nack(_))) => Err(AttemptError::Nack),
+                Ok(Ok(Confirmation::Ack(returned))) => {
+                    Ok(returned.map(|r| (r.reply_code, r.reply_text.as_str().to_owned())))
+                }
+                // The channel is in confirm mode, so this means something reset it.
+                Ok(Ok(Confirmation::NotRequested)) => Err(AttemptError::Channel(
+                    "publisher confirms are not enabled on the channel".into(),
+                )),
+            }
+        }
+        .await;
+        if matches!(
+            result,
+            Err(AttemptError::Publish(_)
+                | AttemptError::ConfirmTimeout(_)
+                | AttemptError::Channel(_))
+        ) {
+            self.discard(generation).await;
+        }
+        result
+    }
+}
+
+/// Stops a [`Consumer`] from another task: its `next()` then cancels the subscription and
+/// returns `None`. Deliveries already received can still be settled.
+#[derive(Debug, Clone, Default)]
+pub struct StopHandle {
+    stopped: Arc<AtomicBool>,
+    notify: Arc<Notify>,
+}
+
+impl StopHandle {
+    /// Requests the stop.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Whether a stop was requested.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    async fn stopped(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.is_stopped() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct Subscription {
+    channel: Channel,
+    consumer: lapin::Consumer,
+    generation: u64,
+}
+
+/// Deliveries from one queue, surviving connection loss.
+///
+/// ```no_run
+/// # async fn run(transport: deckhand::runtime::amqp::Transport) -> Result<(), Box<dyn std::error::Error>> {
+/// let mut consumer = transport.consume("my-queue").await?;
+/// while let Some(delivery) = consumer.next().await {
+///     // ... process ...
+///     if let Err(e) = delivery.ack().await {
+///         tracing::warn!(error = %e, "ack failed; the broker will redeliver");
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Consumer {
+    slot: Arc<ConnSlot>,
+    queue: String,
+    prefetch: u16,
+    extra_attempts: u32,
+    retry_delay: Duration,
+    max_delay: Duration,
+    subscription: Option<Subscription>,
+    generation: u64,
+    stop: StopHandle,
+    finished: bool,
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("queue", &self.queue)
+            .field("prefetch", &self.prefetch)
+            .field("subscription", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// The next delivery. Waits through reconnects; returns `None` only after a stop
+    /// ([`stop_handle`](Self::stop_handle)).
+    pub async fn next(&mut self) -> Option<Delivery> {
+        let mut failures = 0u32;
+        loop {
+            if self.finished {
+                return None;
+            }
+            if self.stop.is_stopped() {
+                self.cancel().await;
+                return None;
+            }
+            if self.subscription.is_none() {
+                let stop = self.stop.clone();
+                let outcome = tokio::select! {
+                    _ = stop.stopped() => continue,
+                    r = self.subscribe() => r,
+                };
+                if let Err(e) = outcome {
+                    let delay = backoff(self.retry_delay, failures, self.max_delay);
+                    failures = failures.saturating_add(1);
+                    warn!(queue = %self.queue, error = %e, ?delay, "re-subscribe failed, will retry");
+                    tokio::select! {
+                        _ = stop.stopped() => {}
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    continue;
+                }
+                failures = 0;
+            }
+            let stop = self.stop.clone();
+            let Some(sub) = self.subscription.as_mut() else {
+                continue;
+            };
+            // Messages lapin buffered before the channel died can no longer be settled and
+            // will be redelivered: processing them would only produce duplicates.
+            if !sub.channel.status().connected() {
+                warn!(queue = %self.queue, "consumer channel closed; reconnecting");
+                self.subscription = None;
+                continue;
+            }
+            let item = tokio::select! {
+                _ = stop.stopped() => continue,
+                item = sub.consumer.next() => item,
+            };
+            match item {
+                Some(Ok(d)) if d.acker.poisoned() => {
+                    debug!(queue = %self.queue, "dropping a delivery of a closed channel; the broker redelivers it");
+                }
+                Some(Ok(d)) => {
+                    return Some(Delivery::from_lapin(d, sub.channel.clone(), sub.generation));
+                }
+                Some(Err(e)) => {
+                    warn!(queue = %self.queue, error = %e, "consumer channel failed; reconnecting");
+                    self.subscription = None;
+                }
+                None => {
+                    warn!(queue = %self.queue, "consumer cancelled by the broker or channel closed; re-subscribing");
+                    self.subscription = None;
+                }
+            }
+        }
+    }
+
+    /// A handle that stops this consumer from elsewhere (e.g. a SIGTERM handler).
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Cancels the subscription (`basic.cancel`); later `next()` calls return `None`.
+    /// The channel stays open while deliveries are alive, so they can still be settled.
+    pub async fn cancel(&mut self) {
+        self.finished = true;
+        if let Some(sub) = self.subscription.take()
+            && sub.channel.status().connected()
+        {
+            let tag = sub.consumer.tag();
+            if let Err(e) = sub
+                .channel
+                .basic_cancel(tag, BasicCancelOptions::default())
+                .await
+            {
+                debug!(error = %e, "basic.cancel failed");
+            }
+        }
+    }
+
+    /// The queue consumed.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    async fn subscribe(&mut self) -> Result<(), TransportError> {
+        let conn = self.slot.get(self.extra_attempts).await?;
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|e| TransportError::Channel(e.to_string()))?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions { global: false })
+            .await
+            .map_err(|e| TransportError::Channel(e.to_string()))?;
+        let queue =
+            ShortString::try_new(self.queue.clone()).map_err(|e| TransportError::Subscribe {
+                queue: self.queue.clone(),
+                reason: e.to_string(),
+            })?;
+        let consumer = channel
+            .basic_consume(
+                queue,
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| TransportError::Subscribe {
+                queue: self.queue.clone(),
+                reason: e.to_string(),
+            })?;
+        self.generation += 1;
+        info!(queue = %self.queue, subscription = self.generation, prefetch = self.prefetch, "consuming");
+        self.subscription = Some(Subscription {
+            channel,
+            consumer,
+            generation: self.generation,
+        });
+        Ok(())
+    }
+}
+
+/// How a processed delivery is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// `basic.ack`: processed, all publishes confirmed, no error emitted.
+    Ack,
+    /// `basic.reject(requeue=false)`: an error was emitted or the input was unusable.
+    Reject,
+}
+
+enum Settler {
+    Lapin {
+        acker: lapin::Acker,
+        // Keeps the channel open until the delivery is settled or dropped.
+        _channel: Channel,
+    },
+    #[cfg(test)]
+    Recorder(test_support::Recorder),
+}
+
+/// One received message with its settle handle.
+pub struct Delivery {
+    /// Properties and raw body.
+    pub incoming: Incoming,
+    /// The broker's redelivered flag: set when the message was delivered before (typically on
+    /// a channel that has since died).
+    pub redelivered: bool,
+    /// Delivery tag on its channel.
+    pub delivery_tag: u64,
+    /// Exchange it was published to.
+    pub exchange: String,
+    /// Routing key it was published with.
+    pub routing_key: String,
+    /// Which subscription (1, 2, … after reconnects) delivered it.
+    pub subscription: u64,
+    settler: Settler,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("delivery_tag", &self.delivery_tag)
+            .field("message_id", &self.incoming.message_id())
+            .field("redelivered", &self.redelivered)
+            .field("subscription", &self.subscription)
+            .field("body_len", &self.incoming.body.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Delivery {
+    fn from_lapin(d: lapin::message::Delivery, channel: Channel, subscription: u64) -> Self {
+        Self {
+            incoming: Incoming::new(d.properties, d.data),
+            redelivered: d.redelivered,
+            delivery_tag: d.delivery_tag,
+            exchange: d.exchange.as_str().to_owned(),
+            routing_key: d.routing_key.as_str().to_owned(),
+            subscription,
+            settler: Settler::Lapin {
+                acker: d.acker,
+                _channel: channel,
+            },
+        }
+    }
+
+    /// The `messageId` header.
+    pub fn message_id(&self) -> Option<String> {
+        self.incoming.message_id()
+    }
+
+    /// Acknowledges the delivery.
+    pub async fn ack(&self) -> Result<(), SettleError> {
+        self.settle(Outcome::Ack).await
+    }
+
+    /// Rejects the delivery without requeue (dead-lettered if the queue has a DLX).
+    pub async fn reject(&self) -> Result<(), SettleError> {
+        self.settle(Outcome::Reject).await
+    }
+
+    /// Acks or rejects.
+    pub async fn settle(&self, outcome: Outcome) -> Result<(), SettleError> {
+        match &self.settler {
+            Settler::Lapin { acker, .. } => {
+                let result = match outcome {
+                    Outcome::Ack => acker.ack(BasicAckOptions::default()).await,
+                    Outcome::Reject => acker.reject(BasicRejectOptions { requeue: false }).await,
+                };
+                match result {
+                    Ok(true) => Ok(()),
+                    Ok(false) if acker.poisoned() => Err(SettleError::ChannelClosed),
+                    Ok(false) => Err(SettleError::AlreadySettled),
+                    // The channel died while the ack was under way.
+                    Err(_) if acker.poisoned() => Err(SettleError::ChannelClosed),
+                    Err(e) => Err(SettleError::Amqp(e.to_string())),
+                }
+            }
+            #[cfg(test)]
+            Settler::Recorder(r) => r.settle(self.delivery_tag, outcome),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use std::sync::Mutex as StdMutex;
+
+    /// Records settlements; `dead` makes them fail like a closed channel.
+    #[derive(Clone, Default)]
+    pub(crate) struct Recorder {
+        pub(crate) log: Arc<StdMutex<Vec<(u64, Outcome)>>>,
+        pub(crate) dead: Arc<AtomicBool>,
+        settled: Arc<AtomicBool>,
+    }
+
+    impl Recorder {
+        pub(crate) fn settle(&self, tag: u64, outcome: Outcome) -> Result<(), SettleError> {
+            if self.dead.load(Ordering::SeqCst) {
+                return Err(SettleError::ChannelClosed);
+            }
+            if self.settled.swap(true, Ordering::SeqCst) {
+                return Err(SettleError::AlreadySettled);
+            }
+            self.log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((tag, outcome));
+            Ok(())
+        }
+    }
+
+    /// A delivery with a recording settler.
+    pub(crate) fn delivery(
+        tag: u64,
+        message_id: Option<&str>,
+        redelivered: bool,
+        log: &Arc<StdMutex<Vec<(u64, Outcome)>>>,
+        dead: bool,
+    ) -> Delivery {
+        let mut headers = FieldTable::default();
+        if let Some(id) = message_id {
+            headers.insert("messageId".into(), crate::runtime::protocol::js_string(id));
+        }
+        Delivery {
+            incoming: Incoming::new(
+                lapin::BasicProperties::default().with_headers(headers),
+                b"body".to_vec(),
+            ),
+            redelivered,
+            delivery_tag: tag,
+            exchange: String::new(),
+            routing_key: String::new(),
+            subscription: 1,
+            settler: Settler::Recorder(Recorder {
+                log: log.clone(),
+                dead: Arc::new(AtomicBool::new(dead)),
+                settled: Arc::new(AtomicBool::new(false)),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn throttle_allows_limit_per_interval() {
+        let throttle = Throttle::new(2, Duration::from_millis(80)).unwrap();
+        let start = Instant::now();
+        throttle.acquire().await;
+        throttle.acquire().await;
+        assert!(start.elapsed() < Duration::from_millis(60));
+        throttle.acquire().await;
+        assert!(start.elapsed() >= Duration::from_millis(80));
+        assert!(Throttle::new(0, Duration::from_millis(80)).is_none());
+        assert!(Throttle::new(5, Duration::ZERO).is_none());
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(30);
+        assert_eq!(backoff(base, 0, max), base);
+        assert_eq!(backoff(base, 3, max), Duration::from_millis(800));
+        assert_eq!(backoff(base, 40, max), max);
+    }
+
+    #[test]
+    fn options_debug_hides_the_password() {
+        let uri = AmqpUri::parse("amqp://user:hunter2@rabbit:5672/%2f").unwrap();
+        let opts = TransportOptions::new(uri);
+        let dbg = format!("{opts:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("amqp://user:***@rabbit:5672/%2f"), "{dbg}");
+        assert_eq!(opts.connection_name, hostname());
+    }
+}

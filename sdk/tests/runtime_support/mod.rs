@@ -1,0 +1,282 @@
+//! Shared helpers for the broker tests (`runtime_*.rs`).
+//!
+//! Each test declares its own uniquely named exchange and queues (the runtime never declares
+//! topology, as Sailor does not) and deletes them at the end. Queues also carry `x-expires`
+//! so a test that panics half-way leaves nothing behind for long.
+//!
+//! If RabbitMQ is not reachable the tests FAIL with instructions; they never pass silently.
+
+#![allow(dead_code)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use deckhand::runtime::config::{AmqpUri, RuntimeConfig};
+use lapin::options::{
+    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+
+/// The broker the tests use; override with `DECKHAND_TEST_AMQP_URI`.
+pub fn amqp_uri() -> String {
+    std::env::var("DECKHAND_TEST_AMQP_URI")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// Connects to the test broker or fails the test with a clear message.
+pub async fn admin_connection() -> Connection {
+    let uri = amqp_uri();
+    let redacted = AmqpUri::parse(&uri)
+        .map(|u| u.redacted())
+        .unwrap_or_else(|_| "[unparseable DECKHAND_TEST_AMQP_URI]".to_owned());
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        Connection::connect(&uri, ConnectionProperties::default()),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => panic!(
+            "RabbitMQ not reachable at {redacted}: {e}. Start it with `rabbitmq-server -detached` \
+             (or point DECKHAND_TEST_AMQP_URI at a broker)."
+        ),
+        Err(_) => panic!(
+            "RabbitMQ not reachable at {redacted}: connection timed out. Start it with \
+             `rabbitmq-server -detached` (or point DECKHAND_TEST_AMQP_URI at a broker)."
+        ),
+    }
+}
+
+/// A test's private topology: one direct exchange and any number of queues bound to it.
+pub struct Topology {
+    pub conn: Connection,
+    pub channel: Channel,
+    pub id: String,
+    pub exchange: String,
+    queues: Vec<String>,
+}
+
+impl Topology {
+    /// Declares `deckhand-test-<uuid>` (direct, auto-delete).
+    pub async fn new() -> Self {
+        let conn = admin_connection().await;
+        let channel = conn.create_channel().await.expect("admin channel");
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let exchange = format!("deckhand-test-{id}");
+        channel
+            .exchange_declare(
+                exchange.clone().into(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare exchange");
+        Self {
+            conn,
+            channel,
+            id,
+            exchange,
+            queues: Vec::new(),
+        }
+    }
+
+    /// A unique name with this test's id.
+    pub fn name(&self, suffix: &str) -> String {
+        format!("deckhand-test-{}-{suffix}", self.id)
+    }
+
+    /// Declares queue `name(suffix)` bound with `routing_key`, with extra arguments.
+    pub async fn queue_with(
+        &mut self,
+        suffix: &str,
+        routing_key: &str,
+        mut args: FieldTable,
+    ) -> String {
+        let name = self.name(suffix);
+        args.insert("x-expires".into(), AMQPValue::LongInt(120_000));
+        self.channel
+            .queue_declare(name.clone().into(), QueueDeclareOptions::default(), args)
+            .await
+            .expect("declare queue");
+        self.channel
+            .queue_bind(
+                name.clone().into(),
+                self.exchange.clone().into(),
+                routing_key.to_owned().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind queue");
+        self.queues.push(name.clone());
+        name
+    }
+
+    /// Declares queue `name(suffix)` bound with `routing_key`.
+    pub async fn queue(&mut self, suffix: &str, routing_key: &str) -> String {
+        self.queue_with(suffix, routing_key, FieldTable::default())
+            .await
+    }
+
+    /// Publishes a raw message to the test exchange (as an upstream step would).
+    pub async fn publish(&self, routing_key: &str, body: &[u8], props: lapin::BasicProperties) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.exchange.clone().into(),
+                routing_key.to_owned().into(),
+                Default::default(),
+                body,
+                props,
+            )
+            .await
+            .expect("publish");
+        confirm.await.expect("publish confirm");
+    }
+
+    /// Waits up to `within` for a message on `queue` (basic.get, auto-ack).
+    pub async fn get(
+        &self,
+        queue: &str,
+        within: Duration,
+    ) -> Option<lapin::message::BasicGetMessage> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let got = self
+                .channel
+                .basic_get(queue.to_owned().into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("basic.get");
+            if got.is_some() || tokio::time::Instant::now() >= deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Messages ready in `queue`.
+    pub async fn ready(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue.to_owned().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("passive declare")
+            .message_count()
+    }
+
+    /// A worker configuration for this topology (queue `in`, routing keys `<id>.<kind>`).
+    pub fn config(&self, extra: &[(&str, &str)]) -> RuntimeConfig {
+        let rk = |kind: &str| format!("{}.step_1.{kind}", self.id);
+        let mut vars: Vec<(String, String)> = vec![
+            ("ELASTICIO_FLOW_ID".into(), format!("flow-{}", self.id)),
+            ("ELASTICIO_EXEC_ID".into(), "exec-1".into()),
+            ("ELASTICIO_STEP_ID".into(), "step_1".into()),
+            ("ELASTICIO_CONTAINER_ID".into(), "container-1".into()),
+            ("ELASTICIO_WORKSPACE_ID".into(), "workspace-1".into()),
+            ("ELASTICIO_USER_ID".into(), "user-1".into()),
+            ("ELASTICIO_COMP_ID".into(), "comp-1".into()),
+            ("ELASTICIO_FUNCTION".into(), "process".into()),
+            ("ELASTICIO_AMQP_URI".into(), amqp_uri()),
+            ("ELASTICIO_LISTEN_MESSAGES_ON".into(), self.name("in")),
+            (
+                "ELASTICIO_PUBLISH_MESSAGES_TO".into(),
+                self.exchange.clone(),
+            ),
+            ("ELASTICIO_DATA_ROUTING_KEY".into(), rk("message")),
+            ("ELASTICIO_ERROR_ROUTING_KEY".into(), rk("error")),
+            ("ELASTICIO_REBOUND_ROUTING_KEY".into(), rk("rebound")),
+            ("ELASTICIO_SNAPSHOT_ROUTING_KEY".into(), rk("snapshot")),
+            (
+                "ELASTICIO_MESSAGE_CRYPTO_IV".into(),
+                "iv=any16_symbols".into(),
+            ),
+            (
+                "ELASTICIO_MESSAGE_CRYPTO_PASSWORD".into(),
+                "testCryptoPassword".into(),
+            ),
+            ("DECKHAND_STEP_FILE".into(), "step.json".into()),
+        ];
+        for (k, v) in extra {
+            vars.retain(|(key, _)| key != k);
+            vars.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        RuntimeConfig::from_vars(vars).expect("test config")
+    }
+
+    /// Deletes the queues and the exchange.
+    pub async fn cleanup(self) {
+        for q in &self.queues {
+            let _ = self
+                .channel
+                .queue_delete(q.clone().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = self
+            .channel
+            .exchange_delete(
+                self.exchange.clone().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+        let _ = self.conn.close(200, "OK".into()).await;
+    }
+}
+
+/// A string header value as sent by amqplib.
+pub fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.to_owned()))
+}
+
+/// Force-closes, broker side, every connection whose client-provided `connection_name` is
+/// `name` — what a broker restart or network cut looks like to the client. Returns how many.
+pub fn force_close_connections(name: &str) -> usize {
+    // The JSON formatter prints pids in a syntax `close_connection` does not accept, so the
+    // tab-separated output is used: `<pid>\t[..., {"connection_name","<name>"}, ...]`.
+    let output = Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "pid",
+            "client_properties",
+            "--no-table-headers",
+            "-q",
+        ])
+        .output()
+        .expect("run rabbitmqctl (needed to force-close connections)");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl list_connections failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let needle = format!("{{\"connection_name\",\"{name}\"}}");
+    let mut closed = 0;
+    for line in listing.lines().filter(|l| l.contains(&needle)) {
+        let pid = line.split('\t').next().expect("pid column").trim();
+        let status = Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "deckhand test: forced close", "-q"])
+            .status()
+            .expect("run rabbitmqctl close_connection");
+        assert!(
+            status.success(),
+            "rabbitmqctl close_connection {pid} failed"
+        );
+        closed += 1;
+    }
+    assert!(
+        closed > 0,
+        "no connection named {name} in the broker's connection list:\n{listing}"
+    );
+    closed
+}
