@@ -128,8 +128,9 @@ pub async fn load_step(source: &StepSource, cfg: &RuntimeConfig) -> Result<StepD
 /// descriptor's OAuth field).
 pub fn step_config(step: &StepData, descriptor: &Value) -> Result<StepConfig, StartError> {
     let fields = credential_fields(descriptor);
-    let mut config = StepConfig::from_merged_config(step.config.clone(), &fields, step.snapshot.clone())
-        .map_err(|e| StartError::Credentials(e.to_string()))?;
+    let mut config =
+        StepConfig::from_merged_config(step.config.clone(), &fields, step.snapshot.clone())
+            .map_err(|e| StartError::Credentials(e.to_string()))?;
     if let (Some(field), Some(creds)) = (oauth_field(descriptor), &config.credentials) {
         config.credentials = Some(
             Credentials::with_token_field(creds.to_keys(), &field)
@@ -202,7 +203,11 @@ pub struct ApiKeysSink {
 
 impl ApiKeysSink {
     /// A sink for the account `account_id` on the platform API of `source`, if it is one.
-    pub fn new(source: &StepSource, account_id: &str, retry: super::config::ApiRetry) -> Option<Self> {
+    pub fn new(
+        source: &StepSource,
+        account_id: &str,
+        retry: super::config::ApiRetry,
+    ) -> Option<Self> {
         let StepSource::Api { uri, username, key } = source else {
             return None;
         };
@@ -239,7 +244,11 @@ impl KeysSink for ApiKeysSink {
             let failure = match result {
                 Ok(resp) if resp.status().is_success() => return Ok(()),
                 Ok(resp) if !resp.status().is_server_error() => {
-                    return Err(SinkError(format!("PUT {}: HTTP {}", self.url, resp.status())));
+                    return Err(SinkError(format!(
+                        "PUT {}: HTTP {}",
+                        self.url,
+                        resp.status()
+                    )));
                 }
                 Ok(resp) => format!("PUT {}: HTTP {}", self.url, resp.status()),
                 Err(e) => format!("PUT {}: {}", self.url, e.without_url()),
@@ -315,9 +324,10 @@ impl Emitter for AmqpEmitter {
             // Keys go through the session's keys sink; the end is the settlement.
             Event::UpdateKeys(_) | Event::End => return Ok(()),
         };
-        self.publish(outgoing)
-            .await
-            .map_err(|reason| EmitError { event: name, reason })
+        self.publish(outgoing).await.map_err(|reason| EmitError {
+            event: name,
+            reason,
+        })
     }
 }
 
@@ -407,6 +417,17 @@ impl<C: Connector> Worker<C> {
         cfg: Arc<RuntimeConfig>,
         descriptor: &Value,
     ) -> Result<Self, StartError> {
+        let options = TransportOptions::from_config(&cfg);
+        Self::start_with(connector, cfg, descriptor, options).await
+    }
+
+    /// As [`start`](Self::start), with explicit transport options (e.g. a connection name).
+    pub async fn start_with(
+        connector: Arc<C>,
+        cfg: Arc<RuntimeConfig>,
+        descriptor: &Value,
+        options: TransportOptions,
+    ) -> Result<Self, StartError> {
         let step = load_step(&cfg.step_source, &cfg)
             .await
             .map_err(StartError::Step)?;
@@ -419,7 +440,7 @@ impl<C: Connector> Worker<C> {
                 .map(str::to_owned),
         };
         let step_config = step_config(&step, descriptor)?;
-        let transport = Transport::connect(TransportOptions::from_config(&cfg)).await?;
+        let transport = Transport::connect(options).await?;
         let amqp_sink = AmqpKeysSink::new(cfg.clone(), transport.publisher(), flags.clone());
         let api_sink = flags
             .account_id
@@ -446,12 +467,21 @@ impl<C: Connector> Worker<C> {
             session,
             flags,
         };
-        if let Err(e) = worker.session.connector().init(&worker.session.config()).await {
+        if let Err(e) = worker
+            .session
+            .connector()
+            .init(&worker.session.config())
+            .await
+        {
             worker.report_startup_error(&e).await;
             return Err(e.into());
         }
         if worker.cfg.startup_required
-            && let Err(e) = worker.session.connector().startup(&worker.session.config()).await
+            && let Err(e) = worker
+                .session
+                .connector()
+                .startup(&worker.session.config())
+                .await
         {
             worker.report_startup_error(&e).await;
             return Err(e.into());
@@ -477,7 +507,10 @@ impl<C: Connector> Worker<C> {
     }
 
     /// Consumes until `shutdown` completes, then drains in-flight messages and closes.
-    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> u8 {
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> u8 {
         let queue = self.cfg.amqp.listen_messages_on.clone();
         let mut consumer = match self.transport.consume(&queue).await {
             Ok(c) => c,
@@ -591,7 +624,12 @@ impl<C: Connector> Job<C> {
             Err(e) => (Message::new(Value::Object(Map::new())), Some(e)),
         };
         let emitter = Arc::new(AmqpEmitter {
-            ctx: OutgoingContext::new(self.cfg.clone(), incoming, message.clone(), self.flags.clone()),
+            ctx: OutgoingContext::new(
+                self.cfg.clone(),
+                incoming,
+                message.clone(),
+                self.flags.clone(),
+            ),
             publisher: self.publisher.clone(),
             errors_published: AtomicUsize::new(0),
             publish_failed: AtomicBool::new(false),

@@ -1,0 +1,566 @@
+//! The AMQP worker end to end against the real RabbitMQ: a test connector run by
+//! `deckhand::runtime::worker::Worker`, inputs published as an upstream Sailor step would.
+
+mod runtime_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deckhand::auth::{Grant, Strategy, TokenEndpoint};
+use deckhand::connector::*;
+use deckhand::credentials::Credentials;
+use deckhand::runtime::amqp::TransportOptions;
+use deckhand::runtime::config::RuntimeConfig;
+use deckhand::runtime::crypto::{MessageCipher, ProtocolVersion};
+use deckhand::runtime::worker::Worker;
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+use runtime_support::*;
+use serde_json::{Value, json};
+use tokio::sync::{Barrier, oneshot};
+
+const DESCRIPTOR: &str = r#"{
+  "title": "Runtime probe",
+  "credentials": {"fields": {
+    "apiBase": {"label": "API", "viewClass": "TextFieldView"},
+    "tokenUrl": {"label": "Token URL", "viewClass": "TextFieldView"},
+    "oauth": {"label": "Auth", "viewClass": "OAuthFieldView"}
+  }},
+  "actions": {
+    "echo": {"title": "Echo", "metadata": {}},
+    "fail": {"title": "Fail", "metadata": {}},
+    "later": {"title": "Rebound", "metadata": {}},
+    "gather": {"title": "Wait for 3 in flight", "metadata": {}},
+    "authed": {"title": "Call the API", "metadata": {}}
+  }
+}"#;
+
+struct Probe {
+    barrier: Arc<Barrier>,
+}
+
+#[async_trait]
+impl Connector for Probe {
+    fn functions(&self) -> Vec<Function> {
+        ["echo", "fail", "later", "gather", "authed"]
+            .into_iter()
+            .map(Function::action)
+            .collect()
+    }
+
+    fn auth(&self, credentials: &Credentials) -> Result<Option<AuthSetup>, ConnectorError> {
+        let (Some(token_url), Some(api)) = (
+            credentials.field_str("tokenUrl"),
+            credentials.field_str("apiBase"),
+        ) else {
+            return Ok(None);
+        };
+        let endpoint = TokenEndpoint::new(token_url, "probe-client")?
+            .client_secret("probe-secret")
+            .grant(Grant::RefreshToken);
+        Ok(Some(
+            AuthSetup::new(endpoint)
+                .strategy(Strategy::on_401())
+                .api_origin(api),
+        ))
+    }
+
+    async fn verify_credentials(
+        &self,
+        _: &Credentials,
+        _: &VerifyContext,
+    ) -> Result<Verification, ConnectorError> {
+        Ok(Verification::Verified)
+    }
+
+    async fn process(
+        &self,
+        function: &str,
+        input: Input,
+        ctx: &Context,
+    ) -> Result<(), ConnectorError> {
+        match function {
+            "echo" => {
+                let mut out = Message::new(input.message.body.clone());
+                out.headers = input.message.headers.clone();
+                ctx.emit_data(out).await?;
+            }
+            "fail" => return Err(ConnectorError::named("Upstream", "the API said no")),
+            "later" => ctx.emit_rebound("not ready yet").await?,
+            "gather" => {
+                // Completes only when 3 messages are processed at the same time.
+                tokio::time::timeout(Duration::from_secs(10), self.barrier.wait())
+                    .await
+                    .map_err(|_| ConnectorError::new("fewer than 3 messages in flight"))?;
+                ctx.emit_data(Message::new(input.message.body.clone()))
+                    .await?;
+            }
+            "authed" => {
+                let api = input.config_str("apiBase")?;
+                let body: Value = ctx
+                    .http()
+                    .get(format!("{api}/data"))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await?;
+                ctx.emit_data(Message::new(body)).await?;
+            }
+            _ => unreachable!(),
+        }
+        Ok(())
+    }
+}
+
+struct Harness {
+    topo: Topology,
+    cfg: RuntimeConfig,
+    cipher: MessageCipher,
+    data: String,
+    errors: String,
+    rebounds: String,
+    keys: String,
+    dead: String,
+    _dir: tempfile::TempDir,
+}
+
+fn rk(topo: &Topology, kind: &str) -> String {
+    format!("{}.step_1.{kind}", topo.id)
+}
+
+impl Harness {
+    async fn new(function: &str, step: Value, extra: &[(&str, &str)]) -> Self {
+        let mut topo = Topology::new().await;
+        let data = topo.queue("data", &rk(&topo, "message")).await;
+        let errors = topo.queue("errors", &rk(&topo, "error")).await;
+        let rebounds = topo.queue("rebounds", &rk(&topo, "rebound")).await;
+        let keys = topo.queue("keys", &rk(&topo, "update_keys")).await;
+        let dead = topo.queue("dead", "dead").await;
+        let mut args = FieldTable::default();
+        args.insert("x-dead-letter-exchange".into(), long_string(&topo.exchange));
+        args.insert("x-dead-letter-routing-key".into(), long_string("dead"));
+        topo.queue_with("in", &rk(&topo, "input"), args).await;
+        let dir = tempfile::tempdir().unwrap();
+        let step_file = dir.path().join("step.json");
+        std::fs::write(&step_file, step.to_string()).unwrap();
+        let mut vars: Vec<(&str, &str)> = vec![("ELASTICIO_FUNCTION", function)];
+        let step_path = step_file.to_string_lossy().into_owned();
+        vars.push(("DECKHAND_STEP_FILE", &step_path));
+        vars.extend_from_slice(extra);
+        let cfg = topo.config(&vars);
+        let cipher = MessageCipher::new("testCryptoPassword", "iv=any16_symbols").unwrap();
+        Self {
+            topo,
+            cfg,
+            cipher,
+            data,
+            errors,
+            rebounds,
+            keys,
+            dead,
+            _dir: dir,
+        }
+    }
+
+    async fn start(&self, barrier: usize) -> (oneshot::Sender<()>, tokio::task::JoinHandle<u8>) {
+        let mut options = TransportOptions::from_config(&self.cfg);
+        options.connection_name = format!("deckhand-test-{}", self.topo.id);
+        let worker = Worker::start_with(
+            Arc::new(Probe {
+                barrier: Arc::new(Barrier::new(barrier)),
+            }),
+            Arc::new(self.cfg.clone()),
+            &serde_json::from_str(DESCRIPTOR).unwrap(),
+            options,
+        )
+        .await
+        .expect("worker starts");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(worker.run_until(async move {
+            let _ = stopped.await;
+        }));
+        (stop, handle)
+    }
+
+    async fn send(&self, id: &str, body: Value, headers: &[(&str, AMQPValue)]) {
+        let plain = json!({"id": id, "body": body, "headers": {}}).to_string();
+        let mut table = FieldTable::default();
+        table.insert("messageId".into(), long_string(id));
+        for (k, v) in headers {
+            table.insert((*k).into(), v.clone());
+        }
+        let ciphertext = self.cipher.encrypt(plain.as_bytes(), ProtocolVersion::V1);
+        self.topo
+            .publish(
+                &rk(&self.topo, "input"),
+                &ciphertext,
+                BasicProperties::default().with_headers(table),
+            )
+            .await;
+    }
+
+    async fn send_raw(&self, id: &str, body: &[u8]) {
+        let mut table = FieldTable::default();
+        table.insert("messageId".into(), long_string(id));
+        self.topo
+            .publish(
+                &rk(&self.topo, "input"),
+                body,
+                BasicProperties::default().with_headers(table),
+            )
+            .await;
+    }
+
+    async fn receive(&self, queue: &str) -> (Value, FieldTable, BasicProperties) {
+        let got = self
+            .topo
+            .get(queue, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("nothing on {queue}"));
+        let props = got.delivery.properties.clone();
+        let headers = props.headers().clone().unwrap_or_default();
+        let version = match headers.inner().get("protocolVersion") {
+            Some(AMQPValue::ShortShortInt(2)) => ProtocolVersion::V2,
+            _ => ProtocolVersion::V1,
+        };
+        let body = if queue == self.errors {
+            serde_json::from_slice(&got.delivery.data).unwrap()
+        } else {
+            serde_json::from_slice(
+                &self
+                    .cipher
+                    .decrypt(&got.delivery.data, version)
+                    .expect("decrypts"),
+            )
+            .unwrap()
+        };
+        (body, headers, props)
+    }
+
+    async fn error_of(&self) -> Value {
+        let (envelope, _, _) = self.receive(&self.errors).await;
+        let plain = self
+            .cipher
+            .decrypt(
+                envelope["error"].as_str().unwrap().as_bytes(),
+                ProtocolVersion::V1,
+            )
+            .unwrap();
+        serde_json::from_slice(&plain).unwrap()
+    }
+}
+
+fn header_str(headers: &FieldTable, name: &str) -> String {
+    match headers.inner().get(name) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.as_str().to_owned(),
+        other => panic!("header {name}: {other:?}"),
+    }
+}
+
+fn step(extra: Value) -> Value {
+    let mut config = json!({"_account": "account-1"});
+    config
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().cloned().unwrap_or_default());
+    json!({"config": config, "snapshot": {}, "is_passthrough": true})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_is_published_with_the_sailor_headers_and_the_input_acked() {
+    let h = Harness::new("echo", step(json!({})), &[]).await;
+    let (stop, worker) = h.start(1).await;
+    h.send(
+        "in-1",
+        json!({"hello": "world"}),
+        &[
+            ("threadId", long_string("thread-7")),
+            ("x-eio-meta-trace", long_string("t-1")),
+        ],
+    )
+    .await;
+    let (body, headers, props) = h.receive(&h.data).await;
+    assert_eq!(body["body"], json!({"hello": "world"}));
+    // The step's own message is in the passthrough under its step id.
+    assert_eq!(
+        body["passthrough"]["step_1"]["body"],
+        json!({"hello": "world"})
+    );
+    assert_eq!(header_str(&headers, "parentMessageId"), "in-1");
+    assert_eq!(header_str(&headers, "threadId"), "thread-7");
+    assert_eq!(header_str(&headers, "x-eio-meta-trace"), "t-1");
+    for (name, value) in [
+        ("stepId", "step_1"),
+        ("execId", "exec-1"),
+        ("compId", "comp-1"),
+        ("function", "echo"),
+        ("userId", "user-1"),
+        ("workspaceId", "workspace-1"),
+        ("containerId", "container-1"),
+    ] {
+        assert_eq!(header_str(&headers, name), value, "{name}");
+    }
+    assert!(matches!(
+        headers.inner().get("start"),
+        Some(AMQPValue::LongLongInt(_))
+    ));
+    assert!(matches!(
+        headers.inner().get("end"),
+        Some(AMQPValue::LongLongInt(_))
+    ));
+    assert_eq!(
+        headers.inner().get("protocolVersion"),
+        Some(&AMQPValue::ShortShortInt(1))
+    );
+    assert_eq!(
+        props.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
+    // Acked: nothing left, nothing dead-lettered.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.topo.ready(&h.topo.name("in")).await, 0);
+    assert_eq!(h.topo.ready(&h.dead).await, 0);
+    stop.send(()).unwrap();
+    assert_eq!(worker.await.unwrap(), 0);
+    h.topo.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_is_published_as_an_envelope_and_the_input_rejected() {
+    let h = Harness::new("fail", step(json!({})), &[]).await;
+    let (stop, worker) = h.start(1).await;
+    h.send("in-err", json!({"n": 1}), &[]).await;
+    let error = h.error_of().await;
+    assert_eq!(error["name"], "Upstream");
+    assert_eq!(error["message"], "the API said no");
+    // Rejected without requeue: dead-lettered, not redelivered.
+    let dead = h
+        .topo
+        .get(&h.dead, Duration::from_secs(5))
+        .await
+        .expect("dead-lettered");
+    assert_eq!(
+        dead.delivery.data,
+        h.cipher.encrypt(
+            json!({"id":"in-err","body":{"n":1},"headers":{}})
+                .to_string()
+                .as_bytes(),
+            ProtocolVersion::V1
+        )
+    );
+    stop.send(()).unwrap();
+    worker.await.unwrap();
+    h.topo.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebound_republishes_the_input_with_an_expiration() {
+    let h = Harness::new("later", step(json!({})), &[]).await;
+    let (stop, worker) = h.start(1).await;
+    h.send("in-r", json!({"n": 1}), &[]).await;
+    let got = h
+        .topo
+        .get(&h.rebounds, Duration::from_secs(10))
+        .await
+        .expect("rebound");
+    let props = got.delivery.properties.clone();
+    let headers = props.headers().clone().unwrap();
+    assert_eq!(header_str(&headers, "reboundReason"), "not ready yet");
+    assert!(
+        matches!(
+            headers.inner().get("reboundIteration"),
+            Some(AMQPValue::ShortShortInt(1))
+        ),
+        "{headers:?}"
+    );
+    assert_eq!(
+        props.expiration().as_ref().map(|s| s.as_str()),
+        Some("15000")
+    );
+    // A rebound is not an error: the input is acked.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.topo.ready(&h.dead).await, 0);
+    stop.send(()).unwrap();
+    worker.await.unwrap();
+    h.topo.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_inputs_become_error_events_and_the_worker_goes_on() {
+    let h = Harness::new("echo", step(json!({})), &[]).await;
+    let (stop, worker) = h.start(1).await;
+    h.send_raw("garbage", b"this is not base64 ciphertext!")
+        .await;
+    let not_json = h.cipher.encrypt(b"not json at all", ProtocolVersion::V1);
+    h.send_raw("not-json", &not_json).await;
+    let array = h.cipher.encrypt(b"[1,2,3]", ProtocolVersion::V1);
+    h.send_raw("array", &array).await;
+    h.send("good", json!({"ok": true}), &[]).await;
+    for _ in 0..3 {
+        let error = h.error_of().await;
+        assert_eq!(error["name"], "InvalidMessage", "{error}");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("input message"),
+            "{error}"
+        );
+    }
+    let (body, _, _) = h.receive(&h.data).await;
+    assert_eq!(body["body"], json!({"ok": true}));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        h.topo.ready(&h.dead).await,
+        3,
+        "the three malformed inputs were rejected"
+    );
+    stop.send(()).unwrap();
+    worker.await.unwrap();
+    h.topo.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_function_is_an_error_event() {
+    let h = Harness::new("noSuchThing", step(json!({})), &[]).await;
+    let (stop, worker) = h.start(1).await;
+    h.send("in-u", json!({}), &[]).await;
+    let error = h.error_of().await;
+    assert_eq!(error["name"], "UnknownFunction");
+    stop.send(()).unwrap();
+    worker.await.unwrap();
+    h.topo.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_above_one_processes_messages_concurrently() {
+    let h = Harness::new(
+        "gather",
+        step(json!({})),
+        &[("ELASTICIO_RABBITMQ_PREFETCH_SAILOR", "3")],
+    )
+    .await;
+    let (stop, worker) = h.start(3).await;
+    for i in 0..3 {
+        h.send(&format!("g-{i}"), json!({"i": i}), &[]).await;
+    }
+    // With one message at a time the barrier of 3 would never open and each would fail.
+    for _ in 0..3 {
+        let (body, _, _) = h.receive(&h.data).await;
+        assert!(body["body"]["i"].is_u64());
+    }
+    assert_eq!(h.topo.ready(&h.errors).await, 0);
+    stop.send(()).unwrap();
+    worker.await.unwrap();
+    h.topo.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_keys_is_published_encrypted_and_confirmed_and_the_next_message_uses_the_new_token()
+{
+    let mut server = mockito::Server::new_async().await;
+    let token = server
+        .mock("POST", "/token")
+        .match_body(mockito::Matcher::UrlEncoded(
+            "refresh_token".into(),
+            "R1".into(),
+        ))
+        .with_header("content-type", "application/json")
+        .with_body(r#"{"access_token":"A2","refresh_token":"R2"}"#)
+        .expect(1)
+        .create_async()
+        .await;
+    let _stale = server
+        .mock("GET", "/data")
+        .match_header("authorization", "Bearer A1")
+        .with_status(401)
+        .create_async()
+        .await;
+    let fresh = server
+        .mock("GET", "/data")
+        .match_header("authorization", "Bearer A2")
+        .with_body(r#"{"from":"api"}"#)
+        .expect(2)
+        .create_async()
+        .await;
+    let config = json!({
+        "apiBase": server.url(), "tokenUrl": format!("{}/token", server.url()),
+        "oauth": {"access_token": "A1", "refresh_token": "R1"}
+    });
+    let h = Harness::new("authed", step(config), &[]).await;
+    let (stop, worker) = h.start(1).await;
+    h.send("k-1", json!({}), &[]).await;
+    let (keys, headers, props) = h.receive(&h.keys).await;
+    assert_eq!(keys["keys"]["oauth"]["refresh_token"], "R2");
+    assert_eq!(keys["keys"]["oauth"]["access_token"], "A2");
+    assert_eq!(keys["keys"]["apiBase"], server.url());
+    assert_eq!(header_str(&headers, "accountId"), "account-1");
+    assert_eq!(header_str(&headers, "stepId"), "step_1");
+    assert!(
+        matches!(
+            headers.inner().get("generation"),
+            Some(AMQPValue::ShortShortInt(1))
+        ),
+        "{headers:?}"
+    );
+    assert_eq!(*props.delivery_mode(), Some(2), "updateKeys is persistent");
+    let (body, _, _) = h.receive(&h.data).await;
+    assert_eq!(body["body"], json!({"from": "api"}));
+    // The next message uses the new token straight away: no second refresh.
+    h.send("k-2", json!({}), &[]).await;
+    let (body, _, _) = h.receive(&h.data).await;
+    assert_eq!(body["body"], json!({"from": "api"}));
+    token.assert_async().await;
+    fresh.assert_async().await;
+    assert_eq!(h.topo.ready(&h.keys).await, 0);
+    stop.send(()).unwrap();
+    worker.await.unwrap();
+    h.topo.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_connection_close_mid_stream_loses_no_message() {
+    let h = Harness::new(
+        "echo",
+        step(json!({})),
+        &[("ELASTICIO_RABBITMQ_PREFETCH_SAILOR", "2")],
+    )
+    .await;
+    let (stop, worker) = h.start(1).await;
+    for i in 0..10 {
+        h.send(&format!("m-{i}"), json!({"i": i}), &[]).await;
+    }
+    let name = format!("deckhand-test-{}", h.topo.id);
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..30 {
+        if i == 3 {
+            force_close_connections(&format!("{name}-read"));
+            force_close_connections(&format!("{name}-write"));
+        }
+        if i >= 10 && seen.len() == 20 {
+            break;
+        }
+        if i == 10 {
+            for j in 10..20 {
+                h.send(&format!("m-{j}"), json!({"i": j}), &[]).await;
+            }
+        }
+        while let Some(got) = h.topo.get(&h.data, Duration::from_millis(300)).await {
+            let plain = h
+                .cipher
+                .decrypt(&got.delivery.data, ProtocolVersion::V1)
+                .unwrap();
+            let body: Value = serde_json::from_slice(&plain).unwrap();
+            seen.insert(body["body"]["i"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(seen, (0..20).collect(), "every message came out");
+    assert_eq!(h.topo.ready(&h.topo.name("in")).await, 0);
+    assert_eq!(h.topo.ready(&h.dead).await, 0);
+    stop.send(()).unwrap();
+    worker.await.unwrap();
+    h.topo.cleanup().await;
+}
