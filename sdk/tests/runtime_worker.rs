@@ -564,3 +564,82 @@ async fn a_forced_connection_close_mid_stream_loses_no_message() {
     worker.await.unwrap();
     h.topo.cleanup().await;
 }
+
+/// The echo example binary (built by `cargo test` beside the test binaries; built here if not).
+fn echo_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("examples")
+        .join("echo");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "deckhand", "--example", "echo"])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the echo example failed");
+    }
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_messages_in_flight_loses_none_and_exits_zero() {
+    let h = Harness::new("passthrough", step(json!({"delayMs": "800"})), &[]).await;
+    let step_file = h._dir.path().join("step.json");
+    let env = h.topo.env(&[
+        ("ELASTICIO_FUNCTION", "passthrough"),
+        ("ELASTICIO_RABBITMQ_PREFETCH_SAILOR", "4"),
+        ("DECKHAND_STEP_FILE", &step_file.to_string_lossy()),
+    ]);
+    let mut child = tokio::process::Command::new(echo_binary())
+        .arg("run")
+        .env_clear()
+        .envs(env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("worker process starts");
+    for i in 0..4 {
+        h.send(&format!("t-{i}"), json!({"i": i}), &[]).await;
+    }
+    // Wait until all four are delivered to the worker (none ready in the queue), then SIGTERM
+    // while they are still being processed (each takes 800 ms).
+    let input = h.topo.name("in");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.topo.ready(&input).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker did not consume"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        h.topo.ready(&h.data).await,
+        0,
+        "still in flight when the signal is sent"
+    );
+    let pid = child.id().expect("pid") as i32;
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        h.topo.ready(&h.data).await,
+        4,
+        "every in-flight message was finished and published"
+    );
+    assert_eq!(h.topo.ready(&input).await, 0, "and acked");
+    assert_eq!(h.topo.ready(&h.dead).await, 0);
+    h.topo.cleanup().await;
+}

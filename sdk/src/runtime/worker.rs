@@ -503,7 +503,10 @@ impl<C: Connector> Worker<C> {
 
     /// Consumes until SIGTERM/SIGINT, then drains in-flight messages and closes.
     pub async fn run(self) -> u8 {
-        self.run_until(wait_for_signal()).await
+        // Registered before the first message is consumed, so no signal finds the default
+        // handler (which would kill the process with messages in flight).
+        let signals = shutdown_signals();
+        self.run_until(signals).await
     }
 
     /// Consumes until `shutdown` completes, then drains in-flight messages and closes.
@@ -571,25 +574,32 @@ impl<C: Connector> Worker<C> {
     }
 }
 
-async fn wait_for_signal() {
+fn shutdown_signals() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    tracing::warn!("cannot listen for SIGTERM; only Ctrl-C stops the worker");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

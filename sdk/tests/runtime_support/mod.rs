@@ -178,6 +178,11 @@ impl Topology {
 
     /// A worker configuration for this topology (queue `in`, routing keys `<id>.<kind>`).
     pub fn config(&self, extra: &[(&str, &str)]) -> RuntimeConfig {
+        RuntimeConfig::from_vars(self.env(extra)).expect("test config")
+    }
+
+    /// The `ELASTICIO_*` variables of [`config`](Self::config), for a worker process.
+    pub fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let rk = |kind: &str| format!("{}.step_1.{kind}", self.id);
         let mut vars: Vec<(String, String)> = vec![
             ("ELASTICIO_FLOW_ID".into(), format!("flow-{}", self.id)),
@@ -212,7 +217,7 @@ impl Topology {
             vars.retain(|(key, _)| key != k);
             vars.push(((*k).to_owned(), (*v).to_owned()));
         }
-        RuntimeConfig::from_vars(vars).expect("test config")
+        vars
     }
 
     /// Deletes the queues and the exchange.
