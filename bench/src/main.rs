@@ -1,1 +1,50 @@
-fn main() {}
+//! Deckhand's benchmark programs. Each subcommand prints context lines, then its figures as
+//! `key=value` lines; see `bench/README.md`.
+//!
+//! Layout: one module per benchmark, each exposing `Args` (its clap options) and
+//! `run(&Args) -> Result<ExitCode, _>`, which builds the Tokio runtime that benchmark needs;
+//! `loopback` holds the in-process servers and helpers they share, `stats` the latency
+//! statistics.
+
+mod auth_overhead;
+mod loopback;
+mod stats;
+mod token_storm;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Benchmarks for the Deckhand SDK and runtime. Run in release mode:
+/// `cargo run --release -p deckhand-bench -- <SUBCOMMAND>`.
+#[derive(Parser, Debug)]
+#[command(name = "deckhand-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// N concurrent requests whose token is due for refresh: token requests caused by
+    /// Deckhand's single-flight manager vs a naive "check, fetch, store" interceptor.
+    TokenStorm(token_storm::Args),
+    /// Per-request latency of the authenticated client vs a plain reqwest client (no refresh
+    /// due), interleaved; prints the ratio of medians.
+    AuthOverhead(auth_overhead::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::TokenStorm(args) => token_storm::run(args),
+        Command::AuthOverhead(args) => auth_overhead::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
