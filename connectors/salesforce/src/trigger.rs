@@ -153,13 +153,13 @@ pub(crate) async fn get_updated_objects(
     ctx: &Context,
 ) -> Result<(), ConnectorError> {
     let sobject = api_name(input, "sobject")?;
-    let selected = field_list(input, "selectedFields")?.unwrap_or_default();
-    let mut fields: Vec<String> = ["Id", "LastModifiedDate"]
-        .into_iter()
-        .filter(|required| !selected.iter().any(|f| f.eq_ignore_ascii_case(required)))
-        .map(str::to_owned)
-        .collect();
-    fields.extend(selected);
+    // Id and LastModifiedDate first (the position needs them), then the user's fields.
+    let mut fields = vec!["Id".to_owned(), "LastModifiedDate".to_owned()];
+    for selected in field_list(input, "selectedFields")?.unwrap_or_default() {
+        if !fields.iter().any(|f| f.eq_ignore_ascii_case(&selected)) {
+            fields.push(selected);
+        }
+    }
     let max_records = positive_integer(input, "maxRecords", DEFAULT_MAX_RECORDS)?;
     let mut position = Position::load(&input.snapshot, input.config_opt_str("startTime"))?;
     let soql = format!(
