@@ -77,7 +77,7 @@ async fn first_poll_starts_at_start_time_and_the_next_poll_at_the_stored_positio
     assert_eq!(names(&events), ["data", "data", "data", "snapshot", "end"]);
     assert_eq!(ids(&events), ["001A", "001B", "001C"]);
     let position = json!({"lastModifiedDate": T2, "seenIds": ["001B", "001C"]});
-    assert_eq!(snapshots(&events), [position.clone()]);
+    assert_eq!(snapshots(&events), std::slice::from_ref(&position));
     assert_eq!(session.snapshot(), position);
     first.assert_async().await;
 
