@@ -115,7 +115,7 @@ pub(crate) async fn upsert(
     let sobject = api_name(input, "sobject")?;
     let field = api_name(input, "externalIdField")?;
     let mut record = record_body(input)?;
-    // The value goes in the URL; Salesforce refuses a body that repeats the external id.
+    // The value goes in the URL, so it is taken out of the body.
     let key = record
         .keys()
         .find(|k| k.eq_ignore_ascii_case(field))
@@ -123,11 +123,12 @@ pub(crate) async fn upsert(
         .ok_or_else(|| missing_body_field(field))?;
     let value = scalar_text(record.remove(&key), field)?;
     let url = api.url(&["sobjects", sobject, field, &value]);
-    let reply = api.send(api.patch(url).json(&record)).await?;
+    let reply = api.send(api.patch(url.clone()).json(&record)).await?;
     let result = match reply.body {
         Some(mut body) => {
-            if body.get("created").is_none() {
-                body["created"] = json!(reply.status == StatusCode::CREATED);
+            if let Some(fields) = body.as_object_mut() {
+                let created = reply.status == StatusCode::CREATED;
+                fields.entry("created").or_insert(json!(created));
             }
             body
         }
@@ -135,7 +136,6 @@ pub(crate) async fn upsert(
             let id = if field.eq_ignore_ascii_case("Id") {
                 value
             } else {
-                let url = api.url(&["sobjects", sobject, field, &value]);
                 let found = api
                     .send_json(api.get(url).query(&[("fields", "Id")]))
                     .await?;

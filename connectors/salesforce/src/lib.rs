@@ -44,9 +44,10 @@
 //! * **Re-authorization.** When Salesforce refuses the refresh token (`invalid_grant`: revoked,
 //!   expired by policy, or the app's access was removed) the step fails with `ReauthRequired`
 //!   and no further token requests are sent for that credential.
-//! * **The instance URL** is read from the token set for every request, so a refresh that
-//!   returns a new `instance_url` is followed. A credential seeded with only a refresh token
-//!   gets its first access token (and instance URL) before the first request.
+//! * **The instance URL** is read from the token set at the start of every message, so a
+//!   refresh that returns a new `instance_url` is followed from the next message on. A
+//!   credential seeded with only a refresh token gets its first access token (and instance
+//!   URL) before the first request.
 //!
 //! ## Errors
 //!
@@ -332,11 +333,11 @@ impl Connector for Salesforce {
         ctx: &VerifyContext,
     ) -> Result<Verification, ConnectorError> {
         let version = self.api_version()?;
-        let result = match Api::connect(ctx.http(), ctx.token_manager(), &version).await {
-            Ok(api) => api.send(api.get(api.url(&[]))).await.map(drop),
-            Err(err) => Err(err),
+        let check = async {
+            let api = Api::connect(ctx.http(), ctx.token_manager(), &version).await?;
+            api.send(api.get(api.url(&[]))).await
         };
-        match result {
+        match check.await.map(drop) {
             Ok(()) => Ok(Verification::Verified),
             Err(err) if rejects_credentials(&err) => Ok(Verification::NotVerified {
                 reason: err.to_string(),
