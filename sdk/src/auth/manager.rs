@@ -67,6 +67,11 @@ impl Authorization {
     pub fn generation(&self) -> u64 {
         self.generation
     }
+
+    /// The header value, by value.
+    pub fn into_header(self) -> HeaderValue {
+        self.header
+    }
 }
 
 impl fmt::Debug for Authorization {
@@ -124,7 +129,10 @@ pub struct TokenManager {
 
 struct Inner {
     state: RwLock<State>,
-    gate: tokio::sync::Mutex<()>,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    /// The epoch of the last finished refresh attempt: waiters watch it instead of queueing on
+    /// the gate, so one refresh wakes them all at once.
+    finished: tokio::sync::watch::Sender<u64>,
     endpoint: TokenEndpoint,
     strategy: Strategy,
     sink: Arc<dyn KeysSink>,
@@ -266,7 +274,8 @@ impl TokenManagerBuilder {
                     permanent: None,
                     early_refresh_blocked_until: None,
                 }),
-                gate: tokio::sync::Mutex::new(()),
+                gate: Arc::new(tokio::sync::Mutex::new(())),
+                finished: tokio::sync::watch::Sender::new(0),
                 endpoint: self.endpoint,
                 strategy: self.strategy,
                 sink: self.sink,
@@ -384,6 +393,19 @@ impl TokenManager {
         self.inner.read().current.credentials.clone()
     }
 
+    /// A string field of the current token set (e.g. Salesforce's `instance_url`), without
+    /// cloning the credentials.
+    pub fn token_extra_str(&self, field: &str) -> Option<String> {
+        let state = self.inner.read();
+        state
+            .current
+            .credentials
+            .token()
+            .and_then(|t| t.extra(field))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    }
+
     /// The generation of the credentials in use.
     pub fn generation(&self) -> u64 {
         self.inner.read().current.generation
@@ -401,6 +423,7 @@ impl TokenManager {
         state.last_failure = None;
         state.early_refresh_blocked_until = None;
         state.epoch += 1;
+        self.inner.finished.send_replace(state.epoch);
     }
 
     /// The strategy.
@@ -424,16 +447,37 @@ impl TokenManager {
         seen_generation: u64,
         seen_epoch: u64,
     ) -> Result<Arc<Current>, AuthError> {
-        // A task of its own, so that a cancelled caller cannot abandon a refresh between the
-        // token response and its persistence.
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            inner
-                .refresh_gated(reason, seen_generation, seen_epoch)
-                .await
-        })
-        .await
-        .map_err(|e| AuthError::Config(format!("the refresh task failed: {e}")))?
+        // Subscribed before looking, so a refresh finishing in between is not missed.
+        let mut finished = self.inner.finished.subscribe();
+        loop {
+            if let Some(outcome) = self
+                .inner
+                .outcome_since(reason, seen_generation, seen_epoch)
+            {
+                return outcome;
+            }
+            match self.inner.gate.clone().try_lock_owned() {
+                Ok(gate) => {
+                    // The leader refreshes in a task of its own, so that a cancelled caller
+                    // cannot abandon a refresh between the token response and its persistence.
+                    let inner = self.inner.clone();
+                    return tokio::spawn(async move {
+                        let outcome = inner
+                            .lead_refresh(reason, seen_generation, seen_epoch)
+                            .await;
+                        drop(gate);
+                        outcome
+                    })
+                    .await
+                    .map_err(|e| AuthError::Config(format!("the refresh task failed: {e}")))?;
+                }
+                Err(_) => {
+                    // Another caller is refreshing (or replacing the credentials): wait for it
+                    // to finish, then look again.
+                    let _ = finished.changed().await;
+                }
+            }
+        }
     }
 }
 
@@ -468,36 +512,52 @@ impl Inner {
         }
     }
 
-    async fn refresh_gated(
+    /// What a caller that saw `seen_generation` at `seen_epoch` gets without refreshing: the
+    /// newer credentials, or the failure of the refresh it would have waited for.
+    fn outcome_since(
+        &self,
+        reason: RefreshReason,
+        seen_generation: u64,
+        seen_epoch: u64,
+    ) -> Option<Result<Arc<Current>, AuthError>> {
+        let state = self.read();
+        if let Some(err) = &state.permanent {
+            return Some(Err(err.clone()));
+        }
+        if state.pending.is_none() && state.current.generation != seen_generation {
+            self.counters.coalesced();
+            return Some(Ok(state.current.clone()));
+        }
+        if state.epoch != seen_epoch
+            && let Some(err) = &state.last_failure
+        {
+            self.counters.coalesced();
+            if reason == RefreshReason::Expiry
+                && err.is_transient()
+                && state.current.is_valid_at(self.clock.now())
+            {
+                self.counters.stale_served();
+                return Some(Ok(state.current.clone()));
+            }
+            return Some(Err(err.clone()));
+        }
+        None
+    }
+
+    /// Runs one refresh; the caller holds the gate.
+    async fn lead_refresh(
         &self,
         reason: RefreshReason,
         seen_generation: u64,
         seen_epoch: u64,
     ) -> Result<Arc<Current>, AuthError> {
-        let _gate = self.gate.lock().await;
+        // Between the caller's look and taking the gate, a refresh may have finished.
+        if let Some(outcome) = self.outcome_since(reason, seen_generation, seen_epoch) {
+            return outcome;
+        }
         let now = self.clock.now();
         let (current, pending) = {
             let state = self.read();
-            if let Some(err) = &state.permanent {
-                return Err(err.clone());
-            }
-            if state.pending.is_none() && state.current.generation != seen_generation {
-                self.counters.coalesced();
-                return Ok(state.current.clone());
-            }
-            if state.epoch != seen_epoch
-                && let Some(err) = &state.last_failure
-            {
-                self.counters.coalesced();
-                if reason == RefreshReason::Expiry
-                    && err.is_transient()
-                    && state.current.is_valid_at(now)
-                {
-                    self.counters.stale_served();
-                    return Ok(state.current.clone());
-                }
-                return Err(err.clone());
-            }
             (state.current.clone(), state.pending.clone())
         };
 
@@ -510,6 +570,7 @@ impl Inner {
 
         let mut state = self.write();
         state.epoch += 1;
+        self.finished.send_replace(state.epoch);
         match outcome {
             Ok(fresh) => {
                 state.last_failure = None;

@@ -5,7 +5,7 @@ use http::Extensions;
 use http::header::AUTHORIZATION;
 use reqwest::{Request, Response};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
-use url::{Origin, Url};
+use url::Url;
 
 use super::{AuthError, TokenManager};
 
@@ -31,17 +31,48 @@ use super::{AuthError, TokenManager};
 #[derive(Clone, Debug)]
 pub struct BearerAuth {
     manager: TokenManager,
-    origins: Arc<Vec<Origin>>,
+    origins: Arc<Vec<OriginKey>>,
     origin_field: Option<String>,
+    token_endpoint: OriginKey,
+    token_path: String,
+}
+
+/// An origin compared without allocating (this runs on every request).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct OriginKey {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+}
+
+impl OriginKey {
+    fn of(url: &Url) -> Self {
+        Self {
+            scheme: url.scheme().to_owned(),
+            host: url.host_str().unwrap_or_default().to_owned(),
+            port: url.port_or_known_default(),
+        }
+    }
+
+    fn matches(&self, url: &Url) -> bool {
+        url.scheme() == self.scheme
+            && url.host_str() == Some(self.host.as_str())
+            && url.port_or_known_default() == self.port
+    }
 }
 
 impl BearerAuth {
     /// A middleware for `manager` that, until origins are allowed, authenticates nothing.
     pub fn new(manager: TokenManager) -> Self {
+        let token_url = manager.endpoint().token_url();
+        let token_endpoint = OriginKey::of(token_url);
+        let token_path = token_url.path().to_owned();
         Self {
             manager,
             origins: Arc::new(Vec::new()),
             origin_field: None,
+            token_endpoint,
+            token_path,
         }
     }
 
@@ -49,7 +80,7 @@ impl BearerAuth {
     pub fn allow_origin(mut self, url: &str) -> Result<Self, AuthError> {
         let url =
             Url::parse(url).map_err(|e| AuthError::Config(format!("API URL `{url}`: {e}")))?;
-        Arc::make_mut(&mut self.origins).push(url.origin());
+        Arc::make_mut(&mut self.origins).push(OriginKey::of(&url));
         Ok(self)
     }
 
@@ -61,24 +92,19 @@ impl BearerAuth {
     }
 
     fn applies_to(&self, url: &Url) -> bool {
-        let token_url = self.manager.endpoint().token_url();
-        if url.origin() == token_url.origin() && url.path() == token_url.path() {
+        if self.token_endpoint.matches(url) && url.path() == self.token_path {
             return false;
         }
-        let origin = url.origin();
-        if self.origins.contains(&origin) {
+        if self.origins.iter().any(|o| o.matches(url)) {
             return true;
         }
         let Some(field) = &self.origin_field else {
             return false;
         };
-        let credentials = self.manager.credentials();
-        credentials
-            .token()
-            .and_then(|t| t.extra(field))
-            .and_then(|v| v.as_str())
-            .and_then(|s| Url::parse(s).ok())
-            .is_some_and(|u| u.origin() == origin)
+        self.manager
+            .token_extra_str(field)
+            .and_then(|s| Url::parse(&s).ok())
+            .is_some_and(|origin| OriginKey::of(&origin).matches(url))
     }
 }
 
@@ -105,8 +131,8 @@ impl Middleware for BearerAuth {
             .map_err(reqwest_middleware::Error::middleware)?;
         let on_rejection = self.manager.strategy().on_rejection;
         let replay = on_rejection.and_then(|_| req.try_clone());
-        req.headers_mut()
-            .insert(AUTHORIZATION, auth.header().clone());
+        let generation = auth.generation();
+        req.headers_mut().insert(AUTHORIZATION, auth.into_header());
         let response = next.clone().run(req, extensions).await?;
         let status = response.status();
         if !on_rejection.is_some_and(|r| r.matches(status)) {
@@ -115,12 +141,12 @@ impl Middleware for BearerAuth {
         tracing::debug!(
             target: "deckhand::auth",
             status = status.as_u16(),
-            generation = auth.generation(),
+            generation,
             "API rejected the access token; refreshing"
         );
         let fresh = self
             .manager
-            .refresh_after_rejection(auth.generation(), status.as_u16())
+            .refresh_after_rejection(generation, status.as_u16())
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
         let Some(mut replay) = replay else {
@@ -132,7 +158,7 @@ impl Middleware for BearerAuth {
         };
         replay
             .headers_mut()
-            .insert(AUTHORIZATION, fresh.header().clone());
+            .insert(AUTHORIZATION, fresh.into_header());
         let response = next.run(replay, extensions).await?;
         let status = response.status();
         if on_rejection.is_some_and(|r| r.matches(status)) {
