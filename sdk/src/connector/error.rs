@@ -82,7 +82,9 @@ impl From<AuthError> for ConnectorError {
         } else {
             "AuthError"
         };
-        Self::named(name, err.to_string())
+        let message = err.to_string();
+        // Kept as the source, so a connector can downcast and tell the kinds apart.
+        Self::named(name, message).with_source(err)
     }
 }
 

@@ -139,6 +139,16 @@ impl Input {
             .filter(|s| !s.is_empty())
     }
 
+    /// A checkbox configuration field: `true`, `"true"` or `"on"` (elastic.io's
+    /// `CheckBoxView` sends either) mean `true`; absent or anything else means `false`.
+    pub fn config_bool(&self, field: &str) -> bool {
+        match self.config.get(field) {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => matches!(s.as_str(), "true" | "on"),
+            _ => false,
+        }
+    }
+
     /// A body field as a string; a clear error names the field when it is missing.
     pub fn body_str(&self, field: &str) -> Result<&str, ConnectorError> {
         self.message
@@ -233,6 +243,11 @@ impl AuthSetup {
     }
 
     /// Sends the token to the origin named by a token field (Salesforce's `instance_url`).
+    ///
+    /// A credential seeded with only a refresh token has no such field until its first
+    /// refresh: call `ctx.token_manager().authorization()` before building the first URL from
+    /// it. A refresh that moves the origin applies from the next request on; the request being
+    /// retried after a 401 keeps its URL.
     pub fn api_origin_from_token_field(mut self, field: impl Into<String>) -> Self {
         self.origin_token_field = Some(field.into());
         self
