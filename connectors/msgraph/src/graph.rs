@@ -111,7 +111,7 @@ impl<'a> Graph<'a> {
     pub(crate) fn pages(&'a self, url: Url) -> Pages<'a> {
         Pages {
             graph: self,
-            next: Some(url),
+            next: Some(url.into()),
         }
     }
 
@@ -150,20 +150,21 @@ impl<'a> Graph<'a> {
 /// The pages of a Graph collection; see [`Graph::pages`].
 pub(crate) struct Pages<'a> {
     graph: &'a Graph<'a>,
-    next: Option<Url>,
+    /// The URL of the next page: the first one, then each page's `@odata.nextLink`.
+    next: Option<String>,
 }
 
 impl Pages<'_> {
     /// The items of the next page, or `None` after the last one.
     pub(crate) async fn next(&mut self) -> Result<Option<Vec<Value>>, ConnectorError> {
-        let Some(url) = self.next.take() else {
+        let Some(link) = self.next.take() else {
             return Ok(None);
         };
-        let mut page = self.graph.get(url).await?;
-        self.next = match page.get("@odata.nextLink").and_then(Value::as_str) {
-            None => None,
-            Some(link) => Some(self.same_origin(link)?),
-        };
+        let mut page = self.graph.get(self.same_origin(&link)?).await?;
+        self.next = page
+            .get("@odata.nextLink")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         match page.get_mut("value").map(Value::take) {
             Some(Value::Array(items)) => Ok(Some(items)),
             _ => Err(ConnectorError::named(

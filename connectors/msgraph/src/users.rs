@@ -16,18 +16,19 @@ pub(crate) async fn list_users(
     input: &Input,
     ctx: &Context,
 ) -> Result<(), ConnectorError> {
+    let mut query = Vec::new();
+    if let Some(filter) = body_text(input, "filter")? {
+        query.push(("$filter", filter.to_owned()));
+    }
+    if let Some(select) = body_text(input, "select")? {
+        query.push(("$select", select.to_owned()));
+    }
+    if let Some(size) = page_size(input)? {
+        query.push(("$top", size.to_string()));
+    }
     let mut url = graph.url(&["users"]);
-    {
-        let mut query = url.query_pairs_mut();
-        if let Some(filter) = body_text(input, "filter")? {
-            query.append_pair("$filter", filter);
-        }
-        if let Some(select) = body_text(input, "select")? {
-            query.append_pair("$select", select);
-        }
-        if let Some(size) = page_size(input)? {
-            query.append_pair("$top", &size.to_string());
-        }
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query);
     }
     let mut pages = graph.pages(url);
     while let Some(users) = pages.next().await? {
