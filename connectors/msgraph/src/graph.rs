@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use deckhand::connector::ConnectorError;
 use reqwest::{Method, Response, StatusCode};
-use reqwest_middleware::{ClientWithMiddleware, RequestBuilder};
+use reqwest_middleware::ClientWithMiddleware;
 use serde::Deserialize;
 use serde_json::Value;
 use url::Url;
@@ -77,32 +77,28 @@ impl<'a> Graph<'a> {
 
     /// `GET url` → the JSON body.
     pub(crate) async fn get(&self, url: Url) -> Result<Value, ConnectorError> {
-        let response = self
-            .send(Method::GET, &url, || self.http.get(url.clone()))
-            .await?;
+        let response = self.get_response(&url).await?;
         Ok(success(response, &Method::GET, &url).await?.json().await?)
     }
 
     /// `GET url` → the JSON body, or `None` when Graph answers 404.
     pub(crate) async fn find(&self, url: Url) -> Result<Option<Value>, ConnectorError> {
-        let response = self
-            .send(Method::GET, &url, || self.http.get(url.clone()))
-            .await?;
+        let response = self.get_response(&url).await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        Ok(Some(
-            success(response, &Method::GET, &url).await?.json().await?,
-        ))
+        let response = success(response, &Method::GET, &url).await?;
+        Ok(Some(response.json().await?))
+    }
+
+    /// `GET url` → the response, whatever its status.
+    pub(crate) async fn get_response(&self, url: &Url) -> Result<Response, ConnectorError> {
+        self.send(Method::GET, url, None).await
     }
 
     /// `POST url` with a JSON body, expecting a success without content (e.g. 202).
     pub(crate) async fn post(&self, url: Url, body: &Value) -> Result<(), ConnectorError> {
-        let response = self
-            .send(Method::POST, &url, || {
-                self.http.post(url.clone()).json(body)
-            })
-            .await?;
+        let response = self.send(Method::POST, &url, Some(body)).await?;
         success(response, &Method::POST, &url).await?;
         Ok(())
     }
@@ -115,17 +111,21 @@ impl<'a> Graph<'a> {
         }
     }
 
-    /// Sends the request `build` makes, again after a wait while Graph answers 429 or 503 (at
-    /// most `max_retries` times). Returns the last response, whatever its status.
-    pub(crate) async fn send(
+    /// Sends a request, again after a wait while Graph answers 429 or 503 (at most
+    /// `max_retries` times). Returns the last response, whatever its status.
+    async fn send(
         &self,
         method: Method,
         url: &Url,
-        build: impl Fn() -> RequestBuilder,
+        body: Option<&Value>,
     ) -> Result<Response, ConnectorError> {
         let mut retry = 0;
         loop {
-            let response = build().send().await?;
+            let mut request = self.http.request(method.clone(), url.clone());
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request.send().await?;
             let status = response.status();
             let throttled = status == StatusCode::TOO_MANY_REQUESTS
                 || status == StatusCode::SERVICE_UNAVAILABLE;

@@ -64,9 +64,9 @@ use serde_json::Map;
 
 use graph::Graph;
 pub use graph::Throttling;
+use settings::AppClient;
 pub use settings::{
-    AppClient, AuthMode, CLIENT_ID_ENV, CLIENT_SECRET_ENV, DEFAULT_AUTHORITY_URL,
-    DEFAULT_GRAPH_URL, Settings,
+    AuthMode, CLIENT_ID_ENV, CLIENT_SECRET_ENV, DEFAULT_AUTHORITY_URL, DEFAULT_GRAPH_URL, Settings,
 };
 
 /// Refresh this long before the token expires (Graph tokens live 60–90 minutes). The SDK caps
@@ -187,9 +187,7 @@ impl Connector for MsGraph {
         }
         let graph = self.graph(ctx.http(), &settings);
         let url = graph.url(&["me"]);
-        let response = graph
-            .send(Method::GET, &url, || ctx.http().get(url.clone()))
-            .await?;
+        let response = graph.get_response(&url).await?;
         match response.status() {
             s if s.is_success() => Ok(Verification::Verified),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {

@@ -111,16 +111,16 @@ impl Settings {
 
 /// The OAuth2 application (client) a credential authenticates as.
 #[derive(Clone, Debug)]
-pub struct AppClient {
+pub(crate) struct AppClient {
     /// The application (client) id.
-    pub id: String,
-    /// The client secret.
-    pub secret: Secret,
+    pub(crate) id: String,
+    /// The client secret (redacted in `Debug`).
+    pub(crate) secret: Secret,
 }
 
 impl AppClient {
     /// The client from [`CLIENT_ID_ENV`] and [`CLIENT_SECRET_ENV`], if both are set.
-    pub fn from_env() -> Option<Self> {
+    pub(crate) fn from_env() -> Option<Self> {
         let id = std::env::var(CLIENT_ID_ENV)
             .ok()
             .filter(|s| !s.is_empty())?;
@@ -135,7 +135,7 @@ impl AppClient {
 
     /// The credential's own `clientId` and `clientSecret`, or else `fallback` (the
     /// environment's). The pair always comes from one place, never a mix of both.
-    pub fn resolve(
+    pub(crate) fn resolve(
         keys: &Map<String, Value>,
         fallback: Option<&AppClient>,
     ) -> Result<Self, ConnectorError> {
