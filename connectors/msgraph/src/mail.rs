@@ -18,7 +18,7 @@ pub(crate) async fn send_mail(
     input: &Input,
     ctx: &Context,
 ) -> Result<(), ConnectorError> {
-    let from = body_text(input, "from")?;
+    let from = body_text(input, "from")?.map(str::trim);
     let url = match from {
         Some(user) => graph.url(&["users", user, "sendMail"]),
         None if mode == AuthMode::Delegated => graph.url(&["me", "sendMail"]),
@@ -34,7 +34,8 @@ pub(crate) async fn send_mail(
         return Err(invalid_input("`to` needs at least one address"));
     }
     let subject = input.body_str("subject")?;
-    let content_type = match body_text(input, "contentType")?.map(str::to_ascii_lowercase) {
+    let content_type = match body_text(input, "contentType")?.map(|t| t.trim().to_ascii_lowercase())
+    {
         None => "Text",
         Some(t) if t == "text" => "Text",
         Some(t) if t == "html" => "HTML",
@@ -117,17 +118,9 @@ pub(crate) async fn read_mail(
     let mut position = Position::from_snapshot(&input.snapshot)?;
     let since = match position.received {
         Some(at) => at,
-        None => match input.config_opt_str("startTime") {
-            Some(start) => parse_time(start).ok_or_else(|| {
-                ConnectorError::named(
-                    "InvalidConfiguration",
-                    format!("`startTime` `{start}` is not an ISO 8601 date-time"),
-                )
-            })?,
-            None => DateTime::UNIX_EPOCH,
-        },
+        None => start_time(input)?,
     };
-    let mailbox = match input.config_opt_str("mailbox") {
+    let mut path = match input.config_opt_str("mailbox") {
         Some(user) => vec!["users", user],
         None if mode == AuthMode::Delegated => vec!["me"],
         None => {
@@ -138,7 +131,6 @@ pub(crate) async fn read_mail(
             ));
         }
     };
-    let mut path = mailbox;
     if let Some(folder) = input.config_opt_str("folder") {
         path.extend(["mailFolders", folder]);
     }
@@ -169,6 +161,19 @@ pub(crate) async fn read_mail(
         }
     }
     Ok(())
+}
+
+/// Where the first poll starts: the `startTime` field, or else the beginning of time.
+fn start_time(input: &Input) -> Result<DateTime<Utc>, ConnectorError> {
+    match input.config_opt_str("startTime") {
+        None => Ok(DateTime::UNIX_EPOCH),
+        Some(start) => parse_time(start).ok_or_else(|| {
+            ConnectorError::named(
+                "InvalidConfiguration",
+                format!("`startTime` `{start}` is not an ISO 8601 date-time"),
+            )
+        }),
+    }
 }
 
 /// Where `readMail` stands: the newest `receivedDateTime` emitted and the ids emitted at it.

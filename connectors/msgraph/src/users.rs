@@ -69,7 +69,7 @@ pub(crate) async fn get_user(
     }
 }
 
-/// An optional string field of the body (absent, null and empty mean `None`).
+/// An optional string field of the body (absent, null and blank mean `None`).
 pub(crate) fn body_text<'a>(
     input: &'a Input,
     field: &str,
@@ -77,7 +77,7 @@ pub(crate) fn body_text<'a>(
     match input.message.body.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.trim())),
+        Some(Value::String(s)) => Ok(Some(s)),
         Some(_) => Err(ConnectorError::named(
             "InvalidInput",
             format!("message body field `{field}` must be a string"),
