@@ -15,6 +15,10 @@ use serde::Deserialize;
 use serde_json::Value;
 use url::Url;
 
+/// The longest a Graph request may take. The SDK's API client sets no timeout, and a stalled
+/// connection would otherwise hold the message forever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// How throttled requests (HTTP 429 or 503) are retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Throttling {
@@ -121,7 +125,10 @@ impl<'a> Graph<'a> {
     ) -> Result<Response, ConnectorError> {
         let mut retry = 0;
         loop {
-            let mut request = self.http.request(method.clone(), url.clone());
+            let mut request = self
+                .http
+                .request(method.clone(), url.clone())
+                .timeout(REQUEST_TIMEOUT);
             if let Some(body) = body {
                 request = request.json(body);
             }
