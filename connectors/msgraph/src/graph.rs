@@ -1,0 +1,316 @@
+//! A thin Microsoft Graph client over the step's authenticated HTTP client: bounded retries on
+//! throttling (429/503 with `Retry-After`), Graph errors mapped to connector errors, and
+//! `@odata.nextLink` paging.
+//!
+//! Authentication is not done here: `Context::http()` already adds the access token (only for
+//! the Graph origin) and refreshes it before it expires or once after a 401.
+
+use std::fmt;
+use std::time::Duration;
+
+use deckhand::connector::ConnectorError;
+use reqwest::{Method, Response, StatusCode};
+use reqwest_middleware::ClientWithMiddleware;
+use serde::Deserialize;
+use serde_json::Value;
+use url::Url;
+
+/// The longest a Graph request may take. The SDK's API client sets no timeout, and a stalled
+/// connection would otherwise hold the message forever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How throttled requests (HTTP 429 or 503) are retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Throttling {
+    /// Retries after the first attempt. Default 3.
+    pub max_retries: u32,
+    /// The longest wait before a retry, whatever `Retry-After` asks for. Default 30 s.
+    pub max_wait: Duration,
+    /// The wait before the first retry when the answer has no `Retry-After`; doubled for each
+    /// further retry (and capped by `max_wait`). Default 1 s.
+    pub default_wait: Duration,
+}
+
+impl Default for Throttling {
+    fn default() -> Self {
+        Self {
+            max_retries: 3,
+            max_wait: Duration::from_secs(30),
+            default_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Throttling {
+    /// How long to wait before retry number `retry` (1-based).
+    fn wait(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+        let backoff = || {
+            self.default_wait
+                .saturating_mul(2u32.saturating_pow(retry.saturating_sub(1)))
+        };
+        retry_after.unwrap_or_else(backoff).min(self.max_wait)
+    }
+}
+
+/// Microsoft Graph for one function call.
+pub(crate) struct Graph<'a> {
+    http: &'a ClientWithMiddleware,
+    base: Url,
+    throttling: Throttling,
+}
+
+impl<'a> Graph<'a> {
+    /// Graph at `base` (`{graphUrl}/v1.0`) through `http`.
+    pub(crate) fn new(http: &'a ClientWithMiddleware, base: Url, throttling: Throttling) -> Self {
+        Self {
+            http,
+            base,
+            throttling,
+        }
+    }
+
+    /// The URL of a resource, each segment percent-encoded: `url(&["users", "a#EXT#@b"])`.
+    pub(crate) fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        // The base is an http(s) URL, which always has path segments.
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    /// `GET url` → the JSON body.
+    pub(crate) async fn get(&self, url: Url) -> Result<Value, ConnectorError> {
+        let response = self.get_response(&url).await?;
+        Ok(success(response, &Method::GET, &url).await?.json().await?)
+    }
+
+    /// `GET url` → the JSON body, or `None` when Graph answers 404.
+    pub(crate) async fn find(&self, url: Url) -> Result<Option<Value>, ConnectorError> {
+        let response = self.get_response(&url).await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let response = success(response, &Method::GET, &url).await?;
+        Ok(Some(response.json().await?))
+    }
+
+    /// `GET url` → the response, whatever its status.
+    pub(crate) async fn get_response(&self, url: &Url) -> Result<Response, ConnectorError> {
+        self.send(Method::GET, url, None).await
+    }
+
+    /// `POST url` with a JSON body, expecting a success without content (e.g. 202).
+    pub(crate) async fn post(&self, url: Url, body: &Value) -> Result<(), ConnectorError> {
+        let response = self.send(Method::POST, &url, Some(body)).await?;
+        success(response, &Method::POST, &url).await?;
+        Ok(())
+    }
+
+    /// The pages of a collection, starting at `url` and following `@odata.nextLink`.
+    pub(crate) fn pages(&'a self, url: Url) -> Pages<'a> {
+        Pages {
+            graph: self,
+            next: Some(url.into()),
+        }
+    }
+
+    /// Sends a request, again after a wait while Graph answers 429 or 503 (at most
+    /// `max_retries` times). Returns the last response, whatever its status.
+    async fn send(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<&Value>,
+    ) -> Result<Response, ConnectorError> {
+        let mut retry = 0;
+        loop {
+            let mut request = self
+                .http
+                .request(method.clone(), url.clone())
+                .timeout(REQUEST_TIMEOUT);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request.send().await?;
+            let status = response.status();
+            let throttled = status == StatusCode::TOO_MANY_REQUESTS
+                || status == StatusCode::SERVICE_UNAVAILABLE;
+            if !throttled || retry >= self.throttling.max_retries {
+                return Ok(response);
+            }
+            retry += 1;
+            let wait = self.throttling.wait(retry, retry_after(&response));
+            tracing::warn!(
+                status = status.as_u16(),
+                %method,
+                path = url.path(),
+                retry,
+                wait_ms = wait.as_millis() as u64,
+                "Microsoft Graph is throttling; waiting before retrying"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// The pages of a Graph collection; see [`Graph::pages`].
+pub(crate) struct Pages<'a> {
+    graph: &'a Graph<'a>,
+    /// The URL of the next page: the first one, then each page's `@odata.nextLink`.
+    next: Option<String>,
+}
+
+impl Pages<'_> {
+    /// The items of the next page, or `None` after the last one.
+    pub(crate) async fn next(&mut self) -> Result<Option<Vec<Value>>, ConnectorError> {
+        let Some(link) = self.next.take() else {
+            return Ok(None);
+        };
+        let mut page = self.graph.get(self.same_origin(&link)?).await?;
+        self.next = page
+            .get("@odata.nextLink")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        match page.get_mut("value").map(Value::take) {
+            Some(Value::Array(items)) => Ok(Some(items)),
+            _ => Err(ConnectorError::named(
+                "InvalidResponse",
+                "Microsoft Graph answered a collection request without a `value` array",
+            )),
+        }
+    }
+
+    /// A next link, which must stay on the Graph origin (the only one that gets the token).
+    fn same_origin(&self, link: &str) -> Result<Url, ConnectorError> {
+        let url = Url::parse(link).map_err(|e| {
+            ConnectorError::named("InvalidResponse", format!("invalid @odata.nextLink: {e}"))
+        })?;
+        if url.origin() != self.graph.base.origin() {
+            return Err(ConnectorError::named(
+                "InvalidResponse",
+                format!(
+                    "@odata.nextLink points to {}, outside Microsoft Graph; not following it",
+                    url.origin().ascii_serialization()
+                ),
+            ));
+        }
+        Ok(url)
+    }
+}
+
+/// `response` if its status is a success, else its Graph error as a [`ConnectorError`].
+pub(crate) async fn success(
+    response: Response,
+    method: &Method,
+    url: &Url,
+) -> Result<Response, ConnectorError> {
+    if response.status().is_success() {
+        Ok(response)
+    } else {
+        Err(error_of(response, method, url).await)
+    }
+}
+
+/// The body of a Graph error: `{"error": {"code", "message", "innerError": {"request-id"}}}`.
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    code: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default, rename = "innerError")]
+    inner_error: Option<Value>,
+}
+
+/// A Graph error answer as a [`ConnectorError`] named after Graph's error code (e.g.
+/// `ErrorAccessDenied`, `TooManyRequests`), with the HTTP status and request id as its cause.
+pub(crate) async fn error_of(response: Response, method: &Method, url: &Url) -> ConnectorError {
+    let status = response.status();
+    let header_request_id = response
+        .headers()
+        .get("request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = response.bytes().await.unwrap_or_default();
+    let parsed = serde_json::from_slice::<ErrorBody>(&body).ok();
+    let request_id = parsed
+        .as_ref()
+        .and_then(|b| b.error.inner_error.as_ref())
+        .and_then(|inner| inner.get("request-id"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or(header_request_id);
+    let cause = HttpFailure {
+        status,
+        method: method.clone(),
+        path: url.path().to_owned(),
+        request_id,
+    };
+    let error = match parsed {
+        Some(ErrorBody { error }) => ConnectorError::named(error.code, error.message),
+        None => ConnectorError::named(
+            "HttpError",
+            format!("Microsoft Graph answered HTTP {status}"),
+        ),
+    };
+    error.with_source(cause)
+}
+
+/// The cause of a Graph error, for the error's stack: status, request and Graph's request id
+/// (what Microsoft support asks for). Never the query string, which may quote user data.
+#[derive(Debug)]
+struct HttpFailure {
+    status: StatusCode,
+    method: Method,
+    path: String,
+    request_id: Option<String>,
+}
+
+impl fmt::Display for HttpFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HTTP {} to {} {}", self.status, self.method, self.path)?;
+        if let Some(id) = &self.request_id {
+            write!(f, " (request-id {id})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for HttpFailure {}
+
+/// `Retry-After` in seconds (the form Graph sends).
+fn retry_after(response: &Response) -> Option<Duration> {
+    let value = response.headers().get(reqwest::header::RETRY_AFTER)?;
+    let seconds = value.to_str().ok()?.trim().parse::<u64>().ok()?;
+    Some(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_are_bounded() {
+        let t = Throttling {
+            max_retries: 3,
+            max_wait: Duration::from_secs(30),
+            default_wait: Duration::from_secs(1),
+        };
+        assert_eq!(
+            t.wait(1, Some(Duration::from_secs(5))),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            t.wait(1, Some(Duration::from_secs(300))),
+            Duration::from_secs(30)
+        );
+        assert_eq!(t.wait(1, None), Duration::from_secs(1));
+        assert_eq!(t.wait(3, None), Duration::from_secs(4));
+        assert_eq!(t.wait(9, None), Duration::from_secs(30));
+    }
+}
