@@ -61,7 +61,8 @@ enum Command {
         /// JSON object with the step's configuration fields.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// JSON file with the step's snapshot.
+        /// JSON file with the step's snapshot; a new snapshot the function emits is written
+        /// back to it, so repeated polls continue where the last one stopped.
         #[arg(long)]
         snapshot: Option<PathBuf>,
     },
@@ -416,9 +417,18 @@ async fn exec<C: Connector>(connector: Arc<C>, component_json: &str, args: ExecA
         Ok(s) => s,
         Err(e) => return usage_error(e),
     };
+    let before = session.snapshot();
     let outcome = session
         .process(&args.function, message, Arc::new(LinesEmitter::new(lines)))
         .await;
+    if let Some(path) = &args.snapshot {
+        let after = session.snapshot();
+        if after != before
+            && let Err(e) = write_json_atomically(path, &after)
+        {
+            return usage_error(format!("writing the snapshot: {e}"));
+        }
+    }
     if outcome.errors > 0 {
         EXIT_FAILURE
     } else {
@@ -522,4 +532,17 @@ async fn run<C: Connector>(connector: Arc<C>, component_json: &str, args: RunArg
         }
         Err(e) => usage_error(format!("reading {}: {e}", args.input)),
     }
+}
+
+fn write_json_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    serde_json::to_writer_pretty(&mut tmp, value)?;
+    std::io::Write::write_all(&mut tmp, b"\n")?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }

@@ -164,6 +164,9 @@ fn exec_trigger_keeps_its_position_in_the_snapshot() {
         .collect();
     assert_eq!(names, ["data", "data", "snapshot", "end"]);
     assert_eq!(events[2]["data"], json!({"lastId": 7}));
+    // The next poll continues from the stored position.
+    let stored: Value = serde_json::from_slice(&std::fs::read(&snapshot).unwrap()).unwrap();
+    assert_eq!(stored, json!({"lastId": 7}));
 }
 
 #[test]

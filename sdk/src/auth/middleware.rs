@@ -176,8 +176,14 @@ impl Middleware for BearerAuth {
 /// on the same scheme. A cross-origin redirect is returned to the caller as the 3xx response,
 /// so the token cannot follow it anywhere (reqwest alone would keep it across a
 /// scheme downgrade on the same host).
+///
+/// Connecting times out after 30 s and a response that stalls for 5 minutes without a byte is
+/// abandoned, so a dead peer cannot hold a message forever; set a per-request
+/// `timeout` for tighter bounds.
 pub fn api_http_client() -> Result<reqwest::Client, AuthError> {
     reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .read_timeout(std::time::Duration::from_secs(300))
         .redirect(reqwest::redirect::Policy::custom(|attempt| {
             let same_origin = attempt
                 .previous()
