@@ -8,10 +8,17 @@ use serde_json::{Value, json};
 
 /// The example binary, built by `cargo test` beside the test binaries (built here if not).
 fn petstore() -> PathBuf {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(build_petstore).clone()
+}
+
+fn build_petstore() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let bin = dir.join("examples").join("petstore");
-    if !bin.exists() {
+    // Built (or found up to date) every time: `cargo test --test …` alone does not rebuild
+    // examples, and a stale binary would test old code.
+    {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "-p", "deckhand", "--example", "petstore"])

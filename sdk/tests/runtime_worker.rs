@@ -567,6 +567,11 @@ async fn a_forced_connection_close_mid_stream_loses_no_message() {
 
 /// The echo example binary (built by `cargo test` beside the test binaries; built here if not).
 fn echo_binary() -> std::path::PathBuf {
+    static BINARY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(build_echo_binary).clone()
+}
+
+fn build_echo_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let bin = exe
         .parent()
@@ -574,7 +579,9 @@ fn echo_binary() -> std::path::PathBuf {
         .expect("target dir")
         .join("examples")
         .join("echo");
-    if !bin.exists() {
+    // Built (or found up to date) every time: `cargo test --test …` alone does not rebuild
+    // examples, and a stale binary would test old code.
+    {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo)
             .args(["build", "-p", "deckhand", "--example", "echo"])
