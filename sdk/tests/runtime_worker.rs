@@ -650,3 +650,65 @@ async fn sigterm_with_messages_in_flight_loses_none_and_exits_zero() {
     assert_eq!(h.topo.ready(&h.dead).await, 0);
     h.topo.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_official_update_keys_mode_puts_the_keys_to_the_accounts_api() {
+    use deckhand::auth::{KeysSink, KeysUpdate, RefreshReason};
+    use deckhand::runtime::config::{ApiRetry, StepSource};
+    use deckhand::runtime::worker::ApiKeysSink;
+
+    let mut api = mockito::Server::new_async().await;
+    let flaky = api
+        .mock("PUT", "/v1/accounts/account-1")
+        .with_status(503)
+        .expect(1)
+        .create_async()
+        .await;
+    let put = api
+        .mock("PUT", "/v1/accounts/account-1")
+        // Basic user:api-key
+        .match_header("authorization", "Basic dXNlcjphcGkta2V5")
+        .match_body(mockito::Matcher::Json(
+            json!({"keys": {"oauth": {"refresh_token": "R2"}}}),
+        ))
+        .expect(1)
+        .create_async()
+        .await;
+    let source = StepSource::Api {
+        uri: url::Url::parse(&api.url()).unwrap(),
+        username: "user".into(),
+        key: deckhand::credentials::Secret::new("api-key"),
+    };
+    let retry = ApiRetry {
+        attempts: 2,
+        delay: Duration::from_millis(10),
+    };
+    let sink = ApiKeysSink::new(&source, "account-1", retry).expect("an API step source");
+    let update = KeysUpdate {
+        credentials: Credentials::from_keys(json!({"oauth": {"refresh_token": "R2"}})).unwrap(),
+        generation: 1,
+        reason: RefreshReason::Expiry,
+    };
+    sink.persist(&update)
+        .await
+        .expect("persisted after one retry");
+    flaky.assert_async().await;
+    put.assert_async().await;
+    // A 4xx is not retried and fails the refresh with a clear error.
+    let mut api = mockito::Server::new_async().await;
+    let _denied = api
+        .mock("PUT", "/v1/accounts/account-1")
+        .with_status(403)
+        .expect(1)
+        .create_async()
+        .await;
+    let source = StepSource::Api {
+        uri: url::Url::parse(&api.url()).unwrap(),
+        username: "user".into(),
+        key: deckhand::credentials::Secret::new("api-key"),
+    };
+    let sink = ApiKeysSink::new(&source, "account-1", retry).unwrap();
+    let err = sink.persist(&update).await.unwrap_err();
+    assert!(err.to_string().ends_with("HTTP 403 Forbidden"), "{err}");
+    assert!(!err.to_string().contains("api-key"));
+}
