@@ -8,6 +8,8 @@
 //! * [`runtime`] — the elastic.io wire protocol over RabbitMQ.
 //! * [`transport`] — the broker-less transport: JSON lines and a credentials file.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod cli;
 pub mod component;
