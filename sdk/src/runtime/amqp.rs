@@ -741,6 +741,28 @@ impl Consumer {
         }
     }
 
+    /// Cancels the subscription and closes its channel, for a shutdown after every delivery
+    /// was settled (closing it explicitly keeps the connection's close from racing the
+    /// channel's).
+    pub async fn close(&mut self) {
+        self.finished = true;
+        if let Some(sub) = self.subscription.take()
+            && sub.channel.status().connected()
+        {
+            let tag = sub.consumer.tag();
+            if let Err(e) = sub
+                .channel
+                .basic_cancel(tag, BasicCancelOptions::default())
+                .await
+            {
+                debug!(error = %e, "basic.cancel failed");
+            }
+            if let Err(e) = sub.channel.close(200, "OK".into()).await {
+                debug!(error = %e, "closing the consumer channel failed");
+            }
+        }
+    }
+
     /// The queue consumed.
     pub fn queue(&self) -> &str {
         &self.queue

@@ -567,7 +567,11 @@ impl<C: Connector> Worker<C> {
             );
             in_flight.abort_all();
         }
-        consumer.cancel().await;
+        if drained.is_ok() {
+            consumer.close().await;
+        } else {
+            consumer.cancel().await;
+        }
         self.transport.close().await;
         tracing::info!("worker stopped");
         EXIT_OK
