@@ -8,6 +8,7 @@
 
 mod auth_overhead;
 mod loopback;
+mod runtime_throughput;
 mod stats;
 mod token_storm;
 
@@ -32,6 +33,10 @@ enum Command {
     /// Per-request latency of the authenticated client vs a plain reqwest client (no refresh
     /// due), interleaved; prints the ratio of medians.
     AuthOverhead(auth_overhead::Args),
+    /// Messages per second through the Deckhand AMQP worker (the echo example as a separate
+    /// process) vs a minimal lapin consume→publish loop, interleaved; plus peak RSS and
+    /// start-up time. Needs RabbitMQ.
+    RuntimeThroughput(runtime_throughput::Args),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +44,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::TokenStorm(args) => token_storm::run(args),
         Command::AuthOverhead(args) => auth_overhead::run(args),
+        Command::RuntimeThroughput(args) => runtime_throughput::run(args),
     };
     match result {
         Ok(code) => code,
