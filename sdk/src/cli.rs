@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 use crate::auth::{KeysSink, MemorySink};
 use crate::connector::{Connector, FunctionKind, Message, Session, StepConfig, Verification};
 use crate::credentials::{Credentials, CredentialsFile};
+use crate::runtime::worker::StepData;
 use crate::transport::{FileKeysSink, JsonLines, LinesEmitter};
 
 /// Exit status: success.
@@ -436,23 +437,9 @@ async fn exec<C: Connector>(connector: Arc<C>, component_json: &str, args: ExecA
     }
 }
 
-/// A step: the function to run, its configuration fields and its snapshot.
-#[derive(Debug, Default, serde::Deserialize)]
-pub struct StepFile {
-    /// The trigger or action.
-    #[serde(default)]
-    pub function: Option<String>,
-    /// Configuration fields.
-    #[serde(default)]
-    pub config: Map<String, Value>,
-    /// The snapshot.
-    #[serde(default)]
-    pub snapshot: Value,
-}
-
-fn read_step(path: Option<&Path>) -> Result<StepFile, String> {
+fn read_step(path: Option<&Path>) -> Result<StepData, String> {
     match path {
-        None => Ok(StepFile::default()),
+        None => Ok(StepData::default()),
         Some(path) => {
             let value = read_json(&path.to_string_lossy())?;
             serde_json::from_value(value).map_err(|e| format!("{}: {e}", path.display()))

@@ -600,20 +600,11 @@ impl Inner {
                     state.early_refresh_blocked_until = Some(now + self.stale_retry_interval);
                 }
                 drop(state);
-                if serve_stale {
-                    self.counters.stale_served();
-                    tracing::warn!(
-                        target: "deckhand::auth",
-                        %reason,
-                        generation = current.generation,
-                        duration_ms,
-                        token_requests,
-                        outcome = err.kind(),
-                        error = %err,
-                        "early token refresh failed; the current token is still valid and stays in use"
-                    );
-                    return Ok(current);
-                }
+                let what = if serve_stale {
+                    "early token refresh failed; the current token is still valid and stays in use"
+                } else {
+                    "token refresh failed"
+                };
                 tracing::warn!(
                     target: "deckhand::auth",
                     %reason,
@@ -622,8 +613,12 @@ impl Inner {
                     token_requests,
                     outcome = err.kind(),
                     error = %err,
-                    "token refresh failed"
+                    "{what}"
                 );
+                if serve_stale {
+                    self.counters.stale_served();
+                    return Ok(current);
+                }
                 Err(err)
             }
         }

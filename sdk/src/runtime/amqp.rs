@@ -726,25 +726,17 @@ impl Consumer {
     /// Cancels the subscription (`basic.cancel`); later `next()` calls return `None`.
     /// The channel stays open while deliveries are alive, so they can still be settled.
     pub async fn cancel(&mut self) {
-        self.finished = true;
-        if let Some(sub) = self.subscription.take()
-            && sub.channel.status().connected()
-        {
-            let tag = sub.consumer.tag();
-            if let Err(e) = sub
-                .channel
-                .basic_cancel(tag, BasicCancelOptions::default())
-                .await
-            {
-                debug!(error = %e, "basic.cancel failed");
-            }
-        }
+        self.finish(false).await;
     }
 
     /// Cancels the subscription and closes its channel, for a shutdown after every delivery
     /// was settled (closing it explicitly keeps the connection's close from racing the
     /// channel's).
     pub async fn close(&mut self) {
+        self.finish(true).await;
+    }
+
+    async fn finish(&mut self, close_channel: bool) {
         self.finished = true;
         if let Some(sub) = self.subscription.take()
             && sub.channel.status().connected()
@@ -757,7 +749,7 @@ impl Consumer {
             {
                 debug!(error = %e, "basic.cancel failed");
             }
-            if let Err(e) = sub.channel.close(200, "OK".into()).await {
+            if close_channel && let Err(e) = sub.channel.close(200, "OK".into()).await {
                 debug!(error = %e, "closing the consumer channel failed");
             }
         }
