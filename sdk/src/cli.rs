@@ -171,6 +171,7 @@ pub fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_current_span(true)
+        .with_span_list(false)
         .try_init();
 }
 
