@@ -170,8 +170,8 @@ pub fn init_logging() {
         .json()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_current_span(true)
-        .with_span_list(false)
+        .with_current_span(false)
+        .with_span_list(true)
         .try_init();
 }
 
