@@ -43,6 +43,12 @@ use tracing::{debug, info, warn};
 use crate::runtime::config::{AmqpUri, PublishRetry, RateLimits, RuntimeConfig};
 use crate::runtime::protocol::{Incoming, Publication, PublicationKind};
 
+/// `frame_max` asked of the broker unless the URI sets one.
+const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
+
+/// How long each step of a shutdown (cancel, channel close, connection close) may take.
+const SHUTDOWN_STEP: Duration = Duration::from_secs(5);
+
 /// How the transport connects, publishes and consumes.
 #[derive(Debug, Clone)]
 pub struct TransportOptions {
@@ -198,8 +204,16 @@ struct ConnSlot {
 
 impl ConnSlot {
     fn new(opts: &TransportOptions, role: &'static str) -> Self {
+        let mut uri = opts.uri.parsed().clone();
+        // lapin keeps 32 frames of `frame_max` per direction and connection, fully resident;
+        // with RabbitMQ's 128 KiB default that is 16 MiB for a worker's two connections.
+        // Node's amqplib asks for 4 KiB; 16 KiB keeps large messages cheap. A `frame_max` in
+        // the URI wins.
+        if uri.query.frame_max.is_none() {
+            uri.query.frame_max = Some(DEFAULT_FRAME_MAX);
+        }
         Self {
-            uri: opts.uri.parsed().clone(),
+            uri,
             redacted_uri: opts.uri.redacted(),
             role,
             name: format!("{}-{role}", opts.connection_name),
@@ -256,8 +270,11 @@ impl ConnSlot {
     async fn close(&self) {
         if let Some(conn) = self.current.lock().await.take()
             && conn.status().connected()
+            && tokio::time::timeout(SHUTDOWN_STEP, conn.close(200, "OK".into()))
+                .await
+                .is_err()
         {
-            let _ = conn.close(200, "OK".into()).await;
+            warn!(connection = %self.name, "the broker did not confirm closing the connection in time");
         }
     }
 }
@@ -742,15 +759,20 @@ impl Consumer {
             && sub.channel.status().connected()
         {
             let tag = sub.consumer.tag();
-            if let Err(e) = sub
-                .channel
-                .basic_cancel(tag, BasicCancelOptions::default())
-                .await
-            {
-                debug!(error = %e, "basic.cancel failed");
+            // Bounded: a shutdown must end even if the broker stops answering.
+            let cancel = sub.channel.basic_cancel(tag, BasicCancelOptions::default());
+            match tokio::time::timeout(SHUTDOWN_STEP, cancel).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(error = %e, "basic.cancel failed"),
+                Err(_) => warn!("basic.cancel was not confirmed in time"),
             }
-            if close_channel && let Err(e) = sub.channel.close(200, "OK".into()).await {
-                debug!(error = %e, "closing the consumer channel failed");
+            if close_channel {
+                match tokio::time::timeout(SHUTDOWN_STEP, sub.channel.close(200, "OK".into())).await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!(error = %e, "closing the consumer channel failed"),
+                    Err(_) => warn!("closing the consumer channel was not confirmed in time"),
+                }
             }
         }
     }
