@@ -343,6 +343,17 @@ impl Transport {
     /// Closes both connections. In-flight deliveries can no longer be settled afterwards.
     pub async fn close(&self) {
         self.read.close().await;
+        // The publishing channel first: left to its handle's drop, its close would race the
+        // connection's (lapin then logs a spurious connection error).
+        let channel = self.publisher.inner.channel.lock().await.take();
+        if let Some((_, channel)) = channel
+            && channel.status().connected()
+            && tokio::time::timeout(SHUTDOWN_STEP, channel.close(200, "OK".into()))
+                .await
+                .is_err()
+        {
+            warn!("closing the publishing channel was not confirmed in time");
+        }
         self.publisher.inner.slot.close().await;
     }
 }

@@ -567,6 +567,10 @@ impl<C: Connector> Worker<C> {
             );
             in_flight.abort_all();
         }
+        // Settled deliveries remembered for deduplication hold channel handles; dropping them
+        // before the channels close keeps lapin from closing a channel twice.
+        drop(in_flight);
+        drop(dedup);
         if drained.is_ok() {
             consumer.close().await;
         } else {
