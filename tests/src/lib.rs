@@ -9,13 +9,15 @@ pub mod broker {
 
     use std::time::Duration;
 
-    use deckhand::runtime::config::AmqpUri;
+    use std::process::Command;
+
+    use deckhand::runtime::config::{AmqpUri, RuntimeConfig};
     use deckhand::runtime::protocol::js_string;
     use lapin::options::{
         BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
         QueueDeclareOptions, QueueDeleteOptions,
     };
-    use lapin::types::{AMQPValue, FieldTable};
+    use lapin::types::{AMQPValue, FieldTable, LongString};
     use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
     pub fn amqp_uri() -> String {
@@ -96,7 +98,7 @@ pub mod broker {
             format!("{}.{step}.{kind}", self.id)
         }
 
-        pub async fn queue_with(
+        pub async fn queue_with_bindings(
             &mut self,
             suffix: &str,
             bindings: &[String],
@@ -124,9 +126,81 @@ pub mod broker {
             name
         }
 
-        pub async fn queue(&mut self, suffix: &str, routing_key: String) -> String {
-            self.queue_with(suffix, &[routing_key], FieldTable::default())
+        pub async fn queue(&mut self, suffix: &str, routing_key: impl Into<String>) -> String {
+            self.queue_with_bindings(suffix, &[routing_key.into()], FieldTable::default())
                 .await
+        }
+
+        /// Declares queue `name(suffix)` bound with `routing_key`, with extra arguments.
+        pub async fn queue_with(
+            &mut self,
+            suffix: &str,
+            routing_key: &str,
+            args: FieldTable,
+        ) -> String {
+            self.queue_with_bindings(suffix, &[routing_key.to_owned()], args)
+                .await
+        }
+
+        /// Waits up to `within` for a message on `queue` (basic.get, auto-ack).
+        pub async fn get(
+            &self,
+            queue: &str,
+            within: Duration,
+        ) -> Option<lapin::message::BasicGetMessage> {
+            let deadline = tokio::time::Instant::now() + within;
+            loop {
+                let got = self.try_get(queue).await;
+                if got.is_some() || tokio::time::Instant::now() >= deadline {
+                    return got;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        /// A worker configuration for this topology (queue `in`, routing keys
+        /// `<id>.step_1.<kind>`).
+        pub fn config(&self, extra: &[(&str, &str)]) -> RuntimeConfig {
+            RuntimeConfig::from_vars(self.env(extra)).expect("test config")
+        }
+
+        /// The `ELASTICIO_*` variables of [`config`](Self::config), for a worker process.
+        pub fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+            let rk = |kind: &str| format!("{}.step_1.{kind}", self.id);
+            let mut vars: Vec<(String, String)> = vec![
+                ("ELASTICIO_FLOW_ID".into(), format!("flow-{}", self.id)),
+                ("ELASTICIO_EXEC_ID".into(), "exec-1".into()),
+                ("ELASTICIO_STEP_ID".into(), "step_1".into()),
+                ("ELASTICIO_CONTAINER_ID".into(), "container-1".into()),
+                ("ELASTICIO_WORKSPACE_ID".into(), "workspace-1".into()),
+                ("ELASTICIO_USER_ID".into(), "user-1".into()),
+                ("ELASTICIO_COMP_ID".into(), "comp-1".into()),
+                ("ELASTICIO_FUNCTION".into(), "process".into()),
+                ("ELASTICIO_AMQP_URI".into(), amqp_uri()),
+                ("ELASTICIO_LISTEN_MESSAGES_ON".into(), self.name("in")),
+                (
+                    "ELASTICIO_PUBLISH_MESSAGES_TO".into(),
+                    self.exchange.clone(),
+                ),
+                ("ELASTICIO_DATA_ROUTING_KEY".into(), rk("message")),
+                ("ELASTICIO_ERROR_ROUTING_KEY".into(), rk("error")),
+                ("ELASTICIO_REBOUND_ROUTING_KEY".into(), rk("rebound")),
+                ("ELASTICIO_SNAPSHOT_ROUTING_KEY".into(), rk("snapshot")),
+                (
+                    "ELASTICIO_MESSAGE_CRYPTO_IV".into(),
+                    "iv=any16_symbols".into(),
+                ),
+                (
+                    "ELASTICIO_MESSAGE_CRYPTO_PASSWORD".into(),
+                    "testCryptoPassword".into(),
+                ),
+                ("DECKHAND_STEP_FILE".into(), "step.json".into()),
+            ];
+            for (k, v) in extra {
+                vars.retain(|(key, _)| key != k);
+                vars.push(((*k).to_owned(), (*v).to_owned()));
+            }
+            vars
         }
 
         /// A step's input queue, bound to `routing_key`, dead-lettering rejected messages into
@@ -141,7 +215,7 @@ pub mod broker {
             );
             args.insert("x-dead-letter-routing-key".into(), js_string(dead_key));
             let input = self
-                .queue_with(&format!("{step}-in"), &[routing_key], args)
+                .queue_with_bindings(&format!("{step}-in"), &[routing_key], args)
                 .await;
             (input, dead)
         }
@@ -205,4 +279,51 @@ pub mod broker {
     // ---------------------------------------------------------------------------------------------
     // The flow
     // ---------------------------------------------------------------------------------------------
+
+    /// A string header value as sent by amqplib.
+    pub fn long_string(s: &str) -> AMQPValue {
+        AMQPValue::LongString(LongString::from(s.to_owned()))
+    }
+
+    /// Force-closes, broker side, every connection whose client-provided `connection_name` is
+    /// `name` — what a broker restart or network cut looks like to the client. Returns how many.
+    pub fn force_close_connections(name: &str) -> usize {
+        // The JSON formatter prints pids in a syntax `close_connection` does not accept, so the
+        // tab-separated output is used: `<pid>\t[..., {"connection_name","<name>"}, ...]`.
+        let output = Command::new("rabbitmqctl")
+            .args([
+                "list_connections",
+                "pid",
+                "client_properties",
+                "--no-table-headers",
+                "-q",
+            ])
+            .output()
+            .expect("run rabbitmqctl (needed to force-close connections)");
+        assert!(
+            output.status.success(),
+            "rabbitmqctl list_connections failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let listing = String::from_utf8_lossy(&output.stdout);
+        let needle = format!("{{\"connection_name\",\"{name}\"}}");
+        let mut closed = 0;
+        for line in listing.lines().filter(|l| l.contains(&needle)) {
+            let pid = line.split('\t').next().expect("pid column").trim();
+            let status = Command::new("rabbitmqctl")
+                .args(["close_connection", pid, "deckhand test: forced close", "-q"])
+                .status()
+                .expect("run rabbitmqctl close_connection");
+            assert!(
+                status.success(),
+                "rabbitmqctl close_connection {pid} failed"
+            );
+            closed += 1;
+        }
+        assert!(
+            closed > 0,
+            "no connection named {name} in the broker's connection list:\n{listing}"
+        );
+        closed
+    }
 }

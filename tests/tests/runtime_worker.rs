@@ -1,8 +1,6 @@
 //! The AMQP worker end to end against the real RabbitMQ: a test connector run by
 //! `deckhand::runtime::worker::Worker`, inputs published as an upstream Sailor step would.
 
-mod runtime_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +12,9 @@ use deckhand::runtime::amqp::TransportOptions;
 use deckhand::runtime::config::RuntimeConfig;
 use deckhand::runtime::crypto::{MessageCipher, ProtocolVersion};
 use deckhand::runtime::worker::Worker;
+use deckhand_tests::broker::*;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
-use runtime_support::*;
 use serde_json::{Value, json};
 use tokio::sync::{Barrier, oneshot};
 

@@ -1,7 +1,5 @@
-//! The AMQP transport against a real RabbitMQ (see `runtime_support` for the setup; these
+//! The AMQP transport against a real RabbitMQ (see `deckhand_tests::broker` for the setup; these
 //! tests fail, never skip, when the broker is down).
-
-mod runtime_support;
 
 /// Named `runtime` so that `cargo test -p deckhand runtime` selects these tests.
 mod runtime {
@@ -10,7 +8,6 @@ mod runtime {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::runtime_support::{Topology, force_close_connections, long_string};
     use deckhand::runtime::amqp::{SettleError, Transport, TransportError, TransportOptions};
     use deckhand::runtime::config::{AmqpUri, PublishRetry, RuntimeConfig};
     use deckhand::runtime::crypto::ProtocolVersion;
@@ -18,6 +15,7 @@ mod runtime {
         ErrorInfo, Incoming, Message, Outgoing, OutgoingContext, PublicationKind, StepFlags,
         js_number,
     };
+    use deckhand_tests::broker::{Topology, force_close_connections, long_string};
     use lapin::BasicProperties;
     use lapin::types::{AMQPValue, FieldTable};
     use serde_json::json;
