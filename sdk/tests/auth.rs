@@ -299,7 +299,7 @@ async fn concurrent_401s_on_the_same_token_refresh_once() {
         .mock("POST", "/oauth2/token")
         .with_header("content-type", "application/json")
         .with_body_from_request(|_| {
-            std::thread::sleep(Duration::from_millis(300));
+            std::thread::sleep(Duration::from_millis(1000));
             token_body("fresh", Some("r1"), None).into_bytes()
         })
         .expect(1)
