@@ -5,8 +5,9 @@
 //! is suspicious but runs is a **warning**. `deckhand validate --deny-warnings` fails on
 //! warnings too, for CI.
 //!
-//! The full table (code, severity, why, fix) is [`Code`]'s documentation and
-//! `component-schemas/RULES.md`; a test keeps the two in step with [`Code::ALL`].
+//! The full table (code, severity, why, fix) is [`Code`]'s documentation, included from
+//! `component-schemas/RULES.md`; a test keeps that page in step with [`Code::ALL`] and
+//! [`Code::fix`].
 
 use std::fmt;
 
@@ -17,48 +18,9 @@ use super::Severity;
 /// The stable code of a finding, e.g. `E-main-missing`.
 ///
 /// Codes never change meaning; new rules get new codes. The first letter is the severity
-/// (`E` error, `W` warning).
+/// (`E` error, `W` warning). What follows is `component-schemas/RULES.md`, the rules page.
 ///
-/// | code | severity | why | fix |
-/// |---|---|---|---|
-/// | `E-json-invalid` | error | the descriptor or a metadata file is not UTF-8 JSON; the platform cannot load it | fix the JSON syntax at the position given |
-/// | `E-not-object` | error | the descriptor must be a JSON object | make the file one JSON object `{...}` |
-/// | `E-title-missing` | error | the platform needs a component title | add a non-empty `"title"` |
-/// | `E-required-missing` | error | a member the platform reads is missing (field `viewClass`, function `title`, `oauth2` endpoints) | add the member named in the message |
-/// | `E-wrong-type` | error | a value has a JSON type the platform cannot use | give the value the type named in the message |
-/// | `E-value-invalid` | error | a value is not one the platform accepts (`authClientTypes`, `buildType`, env var names, empty strings) | use one of the accepted values |
-/// | `E-name-invalid` | error | trigger and action names must match `^[A-Za-z][A-Za-z0-9_]*$` (elasticio-cli) | rename the function with letters, digits and `_` |
-/// | `E-trigger-type` | error | a trigger `type` other than `polling`, `webhook` or `pushing` is not scheduled | use `polling` or `webhook` |
-/// | `E-name-both` | error | the Node Sailor would run the trigger and the Java Sailor the action of that name | rename the trigger or the action |
-/// | `E-main-required` | error | a Node component's function without `main` cannot be loaded | add `"main": "./lib/<kind>s/<name>.js"` |
-/// | `E-main-missing` | error | the Sailor `require()`s `main` at run time; neither the module nor a TypeScript source that builds it exists | fix the path, or add the module (or its `.ts` source) |
-/// | `E-path-outside` | error | metadata and `main` paths must stay inside the component directory; such paths are refused, never read | use a relative path inside the component directory |
-/// | `E-metadata-missing` | error | the platform loads metadata files when the component is deployed | create the file or fix the path |
-/// | `E-file-unreadable` | error | a referenced file is not a regular file, is over 10 MB, or cannot be read | point at a regular file under 10 MB |
-/// | `E-metadata-not-object` | error | a metadata schema must be a JSON object | make the metadata a JSON Schema object `{"type": "object", ...}` |
-/// | `E-select-model-missing` | error | a `SelectView`/`MultiSelectView` without `model` has no options | add `"model"`: an object of options or the name of a function |
-/// | `E-select-model-function` | error | credentials have no module to call, so a function name as `model` gives no options | give the options as an object |
-/// | `E-placeholder-unknown` | error | the platform renders an unknown `{{name}}` as empty, so the OAuth2 flow fails | declare it under `envVars` or `credentials.fields`, or set `useOAuthClient` |
-/// | `E-placeholder-malformed` | error | the platform cannot render the `{{...}}` template | write placeholders as `{{name}}` |
-/// | `W-duplicate-key` | warning | JSON parsers keep only the last value of a repeated key | remove or rename one of the keys |
-/// | `W-description-missing` | warning | the component shows no description in the UI | add a `"description"` |
-/// | `W-no-functions` | warning | a component without triggers and actions cannot be used in a flow | declare at least one trigger or action |
-/// | `W-unknown-key` | warning | the platform ignores unknown top-level keys (e.g. `env` for `envVars`) | use the key the message suggests, or remove it |
-/// | `W-main-duplicate` | warning | two triggers (or two actions) run the same module, usually a copy-paste slip | point each function at its own module |
-/// | `W-metadata-and-dynamic` | warning | with `dynamicMetadata` the static `metadata` is not used | keep only one of them |
-/// | `W-unknown-view-class` | warning | the view class is not one this validator knows; newer UIs may have it | check the spelling against the platform's view classes |
-/// | `W-field-label-missing` | warning | the field is shown without a name (self-labelled views such as `OAuthFieldView` are exempt) | add a `"label"` |
-/// | `W-require-unknown` | warning | `require` names a field the step does not have | name a field of the same step |
-/// | `W-oauth2-missing` | warning | an `OAuthFieldView` without `credentials.oauth2`, `authClientTypes` or `useOAuthClient` has no OAuth2 app | add `credentials.oauth2` or `"authClientTypes": ["oauth2"]` |
-/// | `W-oauth-field-missing` | warning | `credentials.oauth2` without an `OAuthFieldView`/`HTTPAuthView` field stores the tokens nowhere | add an `OAuthFieldView` credential field |
-/// | `W-unknown-type` | warning | metadata is JSON Schema draft-03, which allows custom types, but this one is unknown | use `string`, `number`, `integer`, `boolean`, `object`, `array`, `null`, `any` or `date` |
-/// | `W-string-boolean` | warning | `"true"` written as a string; elastic.io tolerates it, other tools do not | write `true` / `false` without quotes |
-/// | `W-string-number` | warning | a number written as a string; elastic.io tolerates it, other tools do not | write the number without quotes |
-/// | `W-required-array` | warning | elastic.io does not support the array form of `required` | put `"required": true` on each required property |
-/// | `W-nested-schema` | warning | `type`/`properties` were nested inside `properties`, so they describe two bogus properties | move them up one level, out of `properties` |
-/// | `W-not-a-schema` | warning | a property (or `items`) is not a schema object | make it a schema object such as `{"type": "string"}` |
-/// | `W-external-ref` | warning | elastic.io resolves no external `$ref` | inline the schema or reference `#/definitions/...` |
-/// | `W-keyword-type` | warning | a metadata keyword has the wrong JSON type and is ignored | give the keyword the type named in the message |
+#[doc = include_str!("../../../component-schemas/RULES.md")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum Code {
