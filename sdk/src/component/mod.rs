@@ -4,9 +4,14 @@
 //! `component-schemas/component.schema.json`). This module
 //!
 //! * validates a descriptor against the JSON Schema and runs the checks a schema cannot
-//!   express — unique function names, select models, metadata presence and files, `{{name}}`
-//!   placeholders, `main` files — reporting each problem with its JSON pointer and the line and
-//!   column of the offending value ([`validate_file`], [`validate_str`], [`Report`]);
+//!   express — unique function names, select models, metadata files and their draft-03
+//!   schemas, `{{name}}` placeholders, `main` modules (or the TypeScript sources `tsc` builds
+//!   them from) — reporting each problem with a stable [`Code`], its severity, its JSON pointer
+//!   and the line and column of the offending value ([`validate_file`], [`validate_str`],
+//!   [`Report`]). Errors are what the platform rejects or what fails at run time; the rest are
+//!   warnings. Every rule is listed in [`Code`] (and `component-schemas/RULES.md`);
+//! * reads only regular files inside the component directory, at most [`MAX_FILE_BYTES`]
+//!   each, so FIFOs, devices and paths leading out of the directory are refused unread;
 //! * parses a descriptor into a tolerant typed [`ComponentDescriptor`] for the rest of the SDK;
 //! * exposes the other shipped schemas ([`Schema`]) and the `deckhand validate` command
 //!   ([`cli`]).
@@ -29,6 +34,7 @@
 //! assert_eq!(finding.severity, Severity::Error);
 //! assert_eq!(finding.pointer, "/actions/create-pet");
 //! assert_eq!((finding.line, finding.column), (6, 19));
+//! assert_eq!(finding.code, deckhand::component::Code::NameInvalid);
 //! assert!(finding.to_string().starts_with("component.json:6:19: error: /actions/create-pet: invalid name"));
 //! ```
 
