@@ -454,6 +454,17 @@ r#"{"title": "T", "description": "d", "authClientTypes": ["oauth2"],
             vec![LIB_A],
         ),
         (
+            "an HTTPAuthView collects the OAuth2 app the placeholders name",
+            format!(
+                r#"{{"title": "T", "description": "d",
+                   "credentials": {{"fields": {{"auth": {{"viewClass": "HTTPAuthView"}}}},
+                     "oauth2": {{"client_id": "{{{{clientId}}}}", "client_secret": "{{{{clientSecret}}}}",
+                                "auth_uri": "{{{{authUri}}}}", "token_uri": "{{{{tokenUri}}}}"}}}},
+                   "actions": {{{ACTION_A}}}}}"#
+            ),
+            vec![LIB_A],
+        ),
+        (
             "HTTPAuthView is not OAuth",
             format!(
                 r#"{{"title": "T", "description": "d", "credentials": {{"fields": {{"auth": {{"viewClass": "HTTPAuthView"}}}}}},
@@ -470,9 +481,18 @@ r#"{"title": "T", "description": "d", "authClientTypes": ["oauth2"],
             vec![LIB_A],
         ),
         (
-            "Java class names",
+            "a generated component dispatching one module by callParams",
             with_actions(
-                r#""a": {"title": "A", "main": "io.elastic.Action", "dynamicMetadata": "io.elastic.Meta"}"#,
+                r#""a": {"title": "A", "main": "./lib/a.js", "callParams": {"pathName": "/a", "method": "get"}},
+                   "b": {"title": "B", "main": "./lib/a.js", "callParams": {"pathName": "/b", "method": "post"}}"#,
+            ),
+            vec![LIB_A],
+        ),
+        (
+            "Java class names, one class serving two actions",
+            with_actions(
+                r#""a": {"title": "A", "main": "io.elastic.Action", "dynamicMetadata": "io.elastic.Meta"},
+                   "b": {"title": "B", "main": "io.elastic.Action", "dynamicMetadata": "io.elastic.Meta"}"#,
             ),
             vec![],
         ),

@@ -354,7 +354,10 @@ impl Checker<'_> {
             ("/actions", "action", actions),
         ] {
             // A trigger and an action sharing a module is normal (one module, both roles);
-            // two triggers or two actions sharing one is a copy-paste slip.
+            // two triggers or two actions sharing one is a copy-paste slip — unless they say
+            // how the module tells them apart, as generated components do with `callParams`.
+            // Java classes are reused on purpose (elastic.io's Java petstore runs one class
+            // for a static and a dynamic select model), so only Node module paths count.
             let mut mains: HashMap<String, &str> = HashMap::new();
             for (name, function) in functions.into_iter().flatten() {
                 let Value::Object(function) = function else {
@@ -363,7 +366,8 @@ impl Checker<'_> {
                 let at = pointer(section, name);
                 self.function(&at, kind, name, function);
                 if let Some(Value::String(main)) = function.get("main")
-                    && !main.is_empty()
+                    && is_module_path(main)
+                    && !function.contains_key("callParams")
                 {
                     match mains.get(&module_key(main)) {
                         Some(first) => self.push(
@@ -546,9 +550,12 @@ impl Checker<'_> {
         if let Some(oauth2) = oauth2 {
             let env_vars = top.get("envVars").and_then(Value::as_object);
             // With useOAuthClient the platform fills {{OAUTH_CLIENT_ID}}-style placeholders
-            // from the tenant's OAuth client, so names it does not declare are fine.
+            // from the tenant's OAuth client, and an HTTPAuthView collects the OAuth2 app
+            // (clientId, authUri, ...) itself: names the descriptor does not declare are fine.
+            let has_http_auth_view = views().any(|view| view == "HTTPAuthView");
             let mut known = |name: &str| {
                 use_oauth_client
+                    || has_http_auth_view
                     || fields.contains_key(name)
                     || env_vars.is_some_and(|vars| vars.contains_key(name))
             };
@@ -662,10 +669,7 @@ impl Checker<'_> {
         let Some(dir) = self.dir.clone() else {
             return;
         };
-        let looks_like_path = main.contains('/')
-            || main.contains('\\')
-            || JS_EXTENSIONS.iter().any(|ext| main.ends_with(ext));
-        if main.is_empty() || !(looks_like_path || self.is_node_package()) {
+        if main.is_empty() || !(is_module_path(main) || self.is_node_package()) {
             return;
         }
         let Ok(resolved) = dir.join(main) else {
@@ -824,6 +828,11 @@ fn remove_trailing_commas(text: &str) -> String {
         }
     });
     out
+}
+
+/// Whether `main` is a Node module path rather than a Java class name.
+fn is_module_path(main: &str) -> bool {
+    main.contains('/') || main.contains('\\') || JS_EXTENSIONS.iter().any(|ext| main.ends_with(ext))
 }
 
 /// `path` without a JavaScript extension.
