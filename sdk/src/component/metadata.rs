@@ -6,7 +6,8 @@
 //! `"required": "true"` or `"maxLength": "20000"` that the platform tolerates. Metadata only
 //! drives the mapping UI, so nothing inside a schema stops a component from running: every
 //! finding here is a warning, and each mistake is reported once — a schema nested one level
-//! too deep is one finding, not one per misplaced keyword.
+//! too deep is one finding, not one per misplaced keyword. `properties` on an array schema is
+//! accepted: elastic.io's petstore tutorial and Outlook component describe items that way.
 
 use serde_json::{Map, Value};
 
