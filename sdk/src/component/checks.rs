@@ -573,22 +573,25 @@ impl Checker<'_> {
         let Some(dir) = self.dir.clone() else {
             return;
         };
-        let (resolved, outcome) = dir.read(path);
-        let bytes = match (resolved, outcome) {
-            (_, Ok(bytes)) => bytes,
-            (None, Err(_)) => {
-                self.push(
-                    Code::PathOutside,
-                    at.to_owned(),
-                    format!(
-                        "metadata path {} is absolute or leaves the component directory; it \
-                         was not read",
-                        quoted(path)
-                    ),
-                );
-                return;
-            }
-            (Some(resolved), Err(FileError::NotFound(_))) => {
+        let Ok(resolved) = dir.join(path) else {
+            self.push(
+                Code::PathOutside,
+                at.to_owned(),
+                format!(
+                    "metadata path {} is absolute or leaves the component directory; it was not \
+                     read",
+                    quoted(path)
+                ),
+            );
+            return;
+        };
+        // A file referenced twice is checked once; a missing one is reported at each reference.
+        if self.checked_metadata_files.contains(&resolved) {
+            return;
+        }
+        let bytes = match dir.read(&resolved) {
+            Ok(bytes) => bytes,
+            Err(FileError::NotFound(_)) => {
                 self.push(
                     Code::MetadataMissing,
                     at.to_owned(),
@@ -600,19 +603,19 @@ impl Checker<'_> {
                 );
                 return;
             }
-            (Some(_), Err(FileError::Outside)) => {
+            Err(FileError::Outside) => {
                 self.push(
                     Code::PathOutside,
                     at.to_owned(),
                     format!(
-                        "metadata file {} is a link out of the component directory; it was \
-                         not read",
+                        "metadata file {} is a link out of the component directory; it was not \
+                         read",
                         quoted(path)
                     ),
                 );
                 return;
             }
-            (Some(_), Err(error)) => {
+            Err(error) => {
                 self.push(
                     Code::FileUnreadable,
                     at.to_owned(),
@@ -621,12 +624,7 @@ impl Checker<'_> {
                 return;
             }
         };
-        let Ok(resolved) = dir.join(path) else {
-            return;
-        };
-        if !self.checked_metadata_files.insert(resolved.clone()) {
-            return;
-        }
+        self.checked_metadata_files.insert(resolved.clone());
         let text = match decode(&bytes, &resolved) {
             Ok(text) => text,
             Err(mut finding) => {
@@ -751,8 +749,7 @@ impl Checker<'_> {
 
 /// `tsconfig.json`'s `compilerOptions.outDir` and `rootDir`, read like every other file.
 fn read_ts_layout(dir: &ComponentDir) -> Option<TsLayout> {
-    let (_, outcome) = dir.read("tsconfig.json");
-    let bytes = outcome.ok()?;
+    let bytes = dir.read(&dir.join("tsconfig.json").ok()?).ok()?;
     let text = std::str::from_utf8(&bytes).ok()?;
     let config: Value = serde_json::from_str(&strip_jsonc(text)).ok()?;
     let options = config.get("compilerOptions")?;

@@ -170,21 +170,14 @@ impl ComponentDir {
         self.resolve(path).is_ok_and(|metadata| metadata.is_file())
     }
 
-    /// Reads `relative`: a regular file inside the directory of at most [`MAX_FILE_BYTES`].
-    /// Returns the joined path (for messages) with the outcome.
-    pub(crate) fn read(&self, relative: &str) -> (Option<PathBuf>, Result<Vec<u8>, FileError>) {
-        let path = match self.join(relative) {
-            Ok(path) => path,
-            Err(error) => return (None, Err(error)),
-        };
-        let outcome = self.resolve(&path).and_then(|metadata| {
-            if metadata.is_file() {
-                read_regular(&path)
-            } else {
-                Err(FileError::NotRegular(kind_of(&metadata)))
-            }
-        });
-        (Some(path), outcome)
+    /// Reads `path` (a result of [`ComponentDir::join`]): a regular file inside the directory,
+    /// links resolved, of at most [`MAX_FILE_BYTES`].
+    pub(crate) fn read(&self, path: &Path) -> Result<Vec<u8>, FileError> {
+        let metadata = self.resolve(path)?;
+        if !metadata.is_file() {
+            return Err(FileError::NotRegular(kind_of(&metadata)));
+        }
+        read_regular(path)
     }
 }
 

@@ -310,7 +310,9 @@ pub enum ValidateError {
 /// file-system check on (metadata files and Node `main` modules resolved next to it).
 ///
 /// Problems in the descriptor are [`Finding`]s of the returned [`Report`]; only failing to read
-/// it is an `Err`.
+/// it is an `Err` — including a descriptor that is not a regular file (a FIFO, `/dev/zero`),
+/// which is refused without being opened, and one over [`MAX_FILE_BYTES`]. Files the descriptor
+/// names are read only when they are regular files inside its directory.
 pub fn validate_file(path: &Path) -> Result<Report, ValidateError> {
     let metadata = std::fs::metadata(path).map_err(|source| ValidateError::Io {
         path: path.to_owned(),
