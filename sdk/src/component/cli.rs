@@ -75,8 +75,8 @@ pub struct RunOptions {
 /// How `validate` prints its results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum OutputFormat {
-    /// Per file, the findings of each rule as "file:line:column: severity: pointer: message
-    /// [code]" lines followed by the rule's fix, then a summary line.
+    /// Per file, the findings of each rule (one "file:line:column: severity: pointer: message"
+    /// line each, ending with the rule's code), then the rule's fix; a summary line last.
     #[default]
     Human,
     /// A JSON array with one object per path and its findings (with `code` and `fix`).
