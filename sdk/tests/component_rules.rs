@@ -543,6 +543,7 @@ fn tsconfig_out_dir_without_root_dir_maps_to_the_root_or_src() {
 
 // ----- bad input -----
 
+#[cfg(unix)]
 fn mkfifo(path: &Path) {
     let status = std::process::Command::new("mkfifo")
         .arg(path)
