@@ -236,7 +236,7 @@ impl<C: Connector> ConnectorFunctions for C {
 fn validate<C: Connector>(connector: &C, component_json: &str) -> u8 {
     let file = Path::new("component.json");
     let report = crate::component::validate_str(component_json, file, &Default::default());
-    print!("{report}");
+    print!("{}", report.grouped());
     let descriptor: Value = match serde_json::from_str(component_json) {
         Ok(v) => v,
         // The report above already gives the parser's line and column.
