@@ -40,7 +40,10 @@ use crate::connector::{Connector, EmitError, Emitter, Event, Session, StepConfig
 use crate::credentials::Credentials;
 
 /// The step definition, as `GET /v1/tasks/{flow}/steps/{step}` returns it (or the step file).
-#[derive(Clone, Debug, Default, serde::Deserialize)]
+///
+/// `Debug` names the configuration fields and flow variables but shows no values: the
+/// configuration holds the credential's keys.
+#[derive(Clone, Default, serde::Deserialize)]
 pub struct StepData {
     /// The function (the `ELASTICIO_FUNCTION` variable wins when both are set).
     #[serde(default)]
@@ -57,6 +60,18 @@ pub struct StepData {
     /// Flow variables.
     #[serde(default)]
     pub variables: Value,
+}
+
+impl std::fmt::Debug for StepData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepData")
+            .field("function", &self.function)
+            .field("config", &self.config.keys().collect::<Vec<_>>())
+            .field("snapshot", &self.snapshot)
+            .field("is_passthrough", &self.is_passthrough)
+            .field("variables", &crate::connector::field_names(&self.variables))
+            .finish()
+    }
 }
 
 /// Why the worker could not start.
