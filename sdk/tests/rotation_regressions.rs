@@ -664,3 +664,37 @@ async fn no_spelling_of_the_token_path_gets_the_bearer() {
     with_bearer.assert_async().await;
     without.assert_async().await;
 }
+
+// ---- 3. pending keys at shutdown --------------------------------------------------------------
+
+#[tokio::test]
+async fn pending_keys_are_flushed_and_a_failed_flush_is_an_error() {
+    let mut server = mockito::Server::new_async().await;
+    let _t = refresh_mock(&mut server, "r0", token_body("a1", Some("r1"), None)).await;
+    let sink = MemorySink::new();
+    sink.fail_next(2);
+    let manager = manager(
+        &server,
+        refresh_keys(None, "r0"),
+        Strategy::default(),
+        sink.clone(),
+    );
+    let err = manager.authorization().await.unwrap_err();
+    assert!(
+        matches!(err, AuthError::KeysNotPersisted { generation: 1, .. }),
+        "{err:?}"
+    );
+    assert_eq!(manager.pending_generation(), Some(1));
+    // The sink is still down at shutdown: the flush says so, the keys stay pending.
+    let err = manager.flush().await.unwrap_err();
+    assert!(
+        matches!(err, AuthError::KeysNotPersisted { generation: 1, .. }),
+        "{err:?}"
+    );
+    assert_eq!(manager.pending_generation(), Some(1));
+    // Once it is back, the flush persists them; nothing else is left to flush.
+    assert_eq!(manager.flush().await.unwrap(), Some(1));
+    assert_eq!(refresh_token_of(&sink.last().unwrap()), "r1");
+    assert_eq!(manager.flush().await.unwrap(), None);
+    assert_eq!(manager.metrics().token_requests, 1);
+}

@@ -15,7 +15,10 @@
 //! behaviour, `PUT {API_URI}/v1/accounts/{id}` with `{"keys": …}`; `both` does both.
 //!
 //! SIGTERM/SIGINT stop consuming, wait for in-flight messages (at most
-//! `DECKHAND_SHUTDOWN_TIMEOUT_SECS`, default 30), close the connections and exit 0.
+//! `DECKHAND_SHUTDOWN_TIMEOUT_SECS`, default 30), persist rotated keys still pending because
+//! the sink failed earlier (within what is left of that timeout, at least 1 s), close the
+//! connections and exit 0. If the pending keys cannot be persisted, the worker logs an error
+//! naming the credential (`_account`) and the generation, never a token, and exits 1.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -571,6 +574,7 @@ impl<C: Connector> Worker<C> {
             .and_then(|s| s.parse().ok())
             .map(Duration::from_secs)
             .unwrap_or(Duration::from_secs(30));
+        let shutdown_started = tokio::time::Instant::now();
         let drained = tokio::time::timeout(grace, async {
             while in_flight.join_next().await.is_some() {}
         })
@@ -586,6 +590,12 @@ impl<C: Connector> Worker<C> {
         // before the channels close keeps lapin from closing a channel twice.
         drop(in_flight);
         drop(dedup);
+        // Rotated keys the sink could not persist live only in memory: persist them before the
+        // connections close (within what is left of the shutdown timeout, at least 1 s).
+        let flush_budget = grace
+            .saturating_sub(shutdown_started.elapsed())
+            .max(Duration::from_secs(1));
+        let flushed = self.flush_keys(flush_budget).await;
         if drained.is_ok() {
             consumer.close().await;
         } else {
@@ -593,7 +603,43 @@ impl<C: Connector> Worker<C> {
         }
         self.transport.close().await;
         tracing::info!("worker stopped");
-        EXIT_OK
+        if flushed { EXIT_OK } else { EXIT_FAILURE }
+    }
+
+    /// Persists pending rotated keys; `false` (after an error log naming the credential and
+    /// the generation, never a token) when they could not be persisted within `budget`.
+    async fn flush_keys(&self, budget: Duration) -> bool {
+        let Some(manager) = self.session.token_manager() else {
+            return true;
+        };
+        let Some(generation) = manager.pending_generation() else {
+            return true;
+        };
+        let credential = self
+            .flags
+            .account_id
+            .as_deref()
+            .unwrap_or("(step credential)");
+        let reason = match tokio::time::timeout(budget, self.session.flush_keys()).await {
+            Ok(Ok(_)) => {
+                tracing::info!(
+                    credential,
+                    generation,
+                    "pending rotated keys persisted at shutdown"
+                );
+                return true;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("not persisted within {budget:?}"),
+        };
+        tracing::error!(
+            credential,
+            generation,
+            error = %reason,
+            "rotated keys could not be persisted at shutdown; they are lost with this process \
+             and the credential may need re-authorization"
+        );
+        false
     }
 }
 
