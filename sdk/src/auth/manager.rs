@@ -515,7 +515,7 @@ impl TokenManager {
     /// generation. Keys a component emits go through [`apply_keys`](Self::apply_keys)
     /// instead, which never drops a rotated token.
     pub async fn replace_credentials(&self, credentials: Credentials) {
-        let _gate = self.inner.gate.lock().await;
+        let gate = self.inner.gate.lock().await;
         let mut state = self.inner.write();
         let generation = state.current.generation + 1;
         state.current = Arc::new(Current::new(
@@ -530,7 +530,9 @@ impl TokenManager {
         state.paused = None;
         state.answer_lost = false;
         state.epoch += 1;
-        self.inner.finished.send_replace(state.epoch);
+        drop(state);
+        drop(gate);
+        self.inner.wake_waiters();
     }
 
     /// Applies keys a component emitted itself (an `updateKeys` event) through the refresh
@@ -549,6 +551,7 @@ impl TokenManager {
         let applied = tokio::spawn(async move {
             let outcome = inner.apply_component_keys(keys).await;
             drop(gate);
+            inner.wake_waiters();
             outcome
         })
         .await;
@@ -556,23 +559,20 @@ impl TokenManager {
     }
 
     /// Persists keys that are still pending (a refresh whose sink failed), e.g. before the
-    /// process exits. Returns the generation persisted, or `None` when nothing was pending.
+    /// process exits. Waits for a refresh in flight first (one started by a caller that was
+    /// cancelled since still rotates the token, and its keys must be persisted too). Returns
+    /// the generation persisted, or `None` when nothing was pending.
     pub async fn flush(&self) -> Result<Option<u64>, AuthError> {
-        let (pending, generation, epoch) = {
-            let state = self.inner.read();
-            (
-                state.pending.is_some(),
-                state.current.generation,
-                state.epoch,
-            )
-        };
-        if !pending {
-            return Ok(None);
-        }
-        let current = self
-            .refresh(RefreshReason::PendingPersist, generation, epoch)
-            .await?;
-        Ok(Some(current.generation))
+        let gate = self.inner.gate.clone().lock_owned().await;
+        let inner = self.inner.clone();
+        let flushed = tokio::spawn(async move {
+            let outcome = inner.flush_pending().await;
+            drop(gate);
+            inner.wake_waiters();
+            outcome
+        })
+        .await;
+        flushed.unwrap_or_else(|e| Err(self.inner.task_failed(e)))
     }
 
     /// The generation of keys refreshed but not persisted yet, if any.
@@ -633,6 +633,7 @@ impl TokenManager {
                             .lead_refresh(reason, seen_generation, seen_epoch)
                             .await;
                         drop(gate);
+                        inner.wake_waiters();
                         outcome
                     })
                     .await;
@@ -704,6 +705,14 @@ impl Inner {
                 cause: pause.cause,
             })
         }
+    }
+
+    /// Wakes every caller waiting for the gate. Called after the gate is released: a caller
+    /// that looked at the state between an attempt's end and the release found nothing new
+    /// and the gate still taken, and would otherwise wait for the next attempt.
+    fn wake_waiters(&self) {
+        let epoch = self.read().epoch;
+        self.finished.send_replace(epoch);
     }
 
     /// Records that a refresh task died (a panic outside the sink): the attempt counts as
@@ -949,6 +958,21 @@ impl Inner {
             Some(reason) => persisted.and(Err(AuthError::MalformedTokenResponse { reason })),
         };
         (outcome, attempts)
+    }
+
+    /// Persists the pending keys, if any; the caller holds the gate.
+    async fn flush_pending(&self) -> Result<Option<u64>, AuthError> {
+        let (current, pending) = {
+            let state = self.read();
+            (state.current.clone(), state.pending.clone())
+        };
+        let Some(update) = pending else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let outcome = self.persist(update).await;
+        self.finish(RefreshReason::PendingPersist, &current, outcome, started, 0)
+            .map(|fresh| Some(fresh.generation))
     }
 
     /// Applies a component's keys; the caller holds the gate.
