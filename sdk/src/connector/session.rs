@@ -225,6 +225,40 @@ impl<C: Connector> Session<C> {
         }
     }
 
+    /// Persists pending rotated keys before the process exits, within `budget`. Returns
+    /// `false`, after an error log naming `credential` and the generation (never a token),
+    /// when they could not be persisted: they are lost with the process, and the caller should
+    /// exit with a failure status.
+    pub async fn flush_keys_before_exit(
+        &self,
+        credential: &str,
+        budget: std::time::Duration,
+    ) -> bool {
+        let Some(generation) = self.token_manager().and_then(|m| m.pending_generation()) else {
+            return true;
+        };
+        let reason = match tokio::time::timeout(budget, self.flush_keys()).await {
+            Ok(Ok(_)) => {
+                tracing::info!(
+                    credential,
+                    generation,
+                    "pending rotated keys persisted before exit"
+                );
+                return true;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("not persisted within {budget:?}"),
+        };
+        tracing::error!(
+            credential,
+            generation,
+            error = %reason,
+            "rotated keys could not be persisted before exit; they are lost with this process \
+             and the credential may need re-authorization"
+        );
+        false
+    }
+
     /// The current credential (after every rotation so far).
     pub fn credentials(&self) -> Option<Credentials> {
         self.state.credentials()

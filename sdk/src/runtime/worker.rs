@@ -606,40 +606,17 @@ impl<C: Connector> Worker<C> {
         if flushed { EXIT_OK } else { EXIT_FAILURE }
     }
 
-    /// Persists pending rotated keys; `false` (after an error log naming the credential and
-    /// the generation, never a token) when they could not be persisted within `budget`.
+    /// Persists pending rotated keys; `false` when they could not be (see
+    /// [`Session::flush_keys_before_exit`]).
     async fn flush_keys(&self, budget: Duration) -> bool {
-        let Some(manager) = self.session.token_manager() else {
-            return true;
-        };
-        let Some(generation) = manager.pending_generation() else {
-            return true;
-        };
         let credential = self
             .flags
             .account_id
             .as_deref()
             .unwrap_or("(step credential)");
-        let reason = match tokio::time::timeout(budget, self.session.flush_keys()).await {
-            Ok(Ok(_)) => {
-                tracing::info!(
-                    credential,
-                    generation,
-                    "pending rotated keys persisted at shutdown"
-                );
-                return true;
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("not persisted within {budget:?}"),
-        };
-        tracing::error!(
-            credential,
-            generation,
-            error = %reason,
-            "rotated keys could not be persisted at shutdown; they are lost with this process \
-             and the credential may need re-authorization"
-        );
-        false
+        self.session
+            .flush_keys_before_exit(credential, budget)
+            .await
     }
 }
 
