@@ -91,8 +91,19 @@ impl BearerAuth {
         self
     }
 
+    /// Whether `path` reads as the token endpoint's path to a lenient server.
+    fn is_token_path(&self, path: &str) -> bool {
+        // Normalizing never makes an ASCII path longer (escapes, dropped segments and case
+        // folding only shrink it), so a shorter path cannot match: most API paths skip the
+        // allocation this runs on every request.
+        if self.token_path.is_ascii() && path.len() < self.token_path.len() {
+            return false;
+        }
+        normalized_path(path) == self.token_path
+    }
+
     fn applies_to(&self, url: &Url) -> bool {
-        if self.token_endpoint.matches(url) && normalized_path(url.path()) == self.token_path {
+        if self.token_endpoint.matches(url) && self.is_token_path(url.path()) {
             return false;
         }
         if self.origins.iter().any(|o| o.matches(url)) {
