@@ -8,6 +8,7 @@
 
 mod auth_overhead;
 mod loopback;
+mod rotation_torture;
 mod runtime_throughput;
 mod stats;
 mod token_storm;
@@ -37,6 +38,10 @@ enum Command {
     /// process) vs a minimal lapin consume→publish loop, interleaved; plus peak RSS and
     /// start-up time. Needs RabbitMQ.
     RuntimeThroughput(runtime_throughput::Args),
+    /// The rotation torture test with many cases (20,000 by default): random interleavings of
+    /// calls, 401s, expiries, token and sink faults, component updateKeys, cancellations and
+    /// shutdown against the emulator's strict rotation; prints the figures.
+    RotationTorture(rotation_torture::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +50,7 @@ fn main() -> ExitCode {
         Command::TokenStorm(args) => token_storm::run(args),
         Command::AuthOverhead(args) => auth_overhead::run(args),
         Command::RuntimeThroughput(args) => runtime_throughput::run(args),
+        Command::RotationTorture(args) => rotation_torture::run(args),
     };
     match result {
         Ok(code) => code,

@@ -118,9 +118,12 @@ fn token_request(
     }
 
     let fault = lock(&shared.faults).token.pop_front();
+    let drop_response = fault == Some(TokenFault::DropResponseAfterRotation);
     if let Some(fault) = fault {
         bump(&counters.faults_served);
-        return fault_response(shared, fault);
+        if !drop_response {
+            return fault_response(shared, fault);
+        }
     }
 
     let result = form.and_then(|form| {
@@ -140,6 +143,10 @@ fn token_request(
             )),
         }
     });
+    if drop_response {
+        // Whatever the grant's outcome, the client never sees it.
+        return reset_connection();
+    }
     match result {
         Ok(body) => {
             let mut response = json_response(StatusCode::OK, body);
@@ -171,8 +178,23 @@ fn fault_response(shared: &Shared, fault: TokenFault) -> Response {
         TokenFault::InternalServerError => {
             (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
         }
+        TokenFault::DropResponseAfterRotation => return reset_connection(),
     };
     with_retry_after(oauth_error(status, error, "Injected fault."), retry_after)
+}
+
+/// A response whose body fails before its first byte: the server aborts the connection, so
+/// the client gets no usable answer (as when a proxy or the network drops it).
+fn reset_connection() -> Response {
+    let failing = futures_util::stream::once(async {
+        Err::<Bytes, _>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "injected fault: response dropped",
+        ))
+    });
+    let mut response = Response::new(axum::body::Body::from_stream(failing));
+    *response.status_mut() = StatusCode::OK;
+    response
 }
 
 /// Parses an `application/x-www-form-urlencoded` body. Duplicate parameters are rejected
