@@ -7,6 +7,7 @@
 //! statistics.
 
 mod auth_overhead;
+mod chaos;
 mod loopback;
 mod runtime_throughput;
 mod stats;
@@ -37,6 +38,11 @@ enum Command {
     /// process) vs a minimal lapin consume→publish loop, interleaved; plus peak RSS and
     /// start-up time. Needs RabbitMQ.
     RuntimeThroughput(runtime_throughput::Args),
+    /// The AMQP worker through forced connection closes, duplicate-id distinct messages, a
+    /// broker restart, SIGKILL and a cluster node stop, on a 3-node RabbitMQ cluster of its
+    /// own; prints lost / duplicates / dropped_distinct / error_routed / failover_s per
+    /// scenario.
+    Chaos(chaos::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +51,7 @@ fn main() -> ExitCode {
         Command::TokenStorm(args) => token_storm::run(args),
         Command::AuthOverhead(args) => auth_overhead::run(args),
         Command::RuntimeThroughput(args) => runtime_throughput::run(args),
+        Command::Chaos(args) => chaos::run(args),
     };
     match result {
         Ok(code) => code,
