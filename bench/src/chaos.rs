@@ -196,15 +196,22 @@ struct Figures {
     failover: Duration,
     elapsed: Duration,
     worker_errors: u64,
+    /// Of the duplicates: outputs with the same `messageId` (a publish retried after its
+    /// confirm was lost) and inputs run again (a new `messageId`).
+    republished: usize,
+    rerun: usize,
+    first_errors: Vec<String>,
 }
 
 impl Figures {
     fn line(&self, scenario: Scenario) -> String {
         let mut line = format!(
-            "scenario={} lost={} duplicates={} dropped_distinct={} error_routed={}/{} failover_s={:.2} elapsed_s={:.1} dead_lettered={} worker_error_lines={}",
+            "scenario={} lost={} duplicates={} (rerun={} republished={}) dropped_distinct={} error_routed={}/{} failover_s={:.2} elapsed_s={:.1} dead_lettered={} worker_error_lines={}",
             scenario.name(),
             self.lost,
             self.duplicates,
+            self.rerun,
+            self.republished,
             self.dropped_distinct,
             self.error_routed,
             self.expected_errors,
@@ -217,6 +224,10 @@ impl Figures {
             line.push_str(
                 " (at-least-once: a SIGKILL may duplicate what was processed but not acked)",
             );
+        }
+        for error in &self.first_errors {
+            line.push_str("\n  worker ERROR: ");
+            line.push_str(error);
         }
         line
     }
@@ -510,12 +521,24 @@ async fn run_scenario(
     };
     let mut next_fault = 0;
     let mut fault_at: Option<(Instant, u32)> = None;
+    // rabbitmqctl runs in the background so the output keeps being watched meanwhile; the
+    // broker restart's `start_app` follows its `stop_app`.
+    let mut background: Vec<std::process::Child> = Vec::new();
+    let mut restart_pending = false;
     let mut failover = Duration::ZERO;
     let mut last_growth = Instant::now();
     let mut last = 0;
     loop {
         let out = count(&admin_conn, &mut admin, &names.output).await;
         let errors = count(&admin_conn, &mut admin, &names.errors).await;
+        if restart_pending
+            && background
+                .iter_mut()
+                .all(|c| matches!(c.try_wait(), Ok(Some(_))))
+        {
+            restart_pending = false;
+            background.push(cluster.ctl_spawn(0, &["start_app"]));
+        }
         if let Some(out) = out {
             if out > last {
                 last = out;
@@ -538,14 +561,22 @@ async fn run_scenario(
                 fault_at = Some((Instant::now(), out));
                 match scenario {
                     Scenario::ConnectionClose => {
-                        let closed = close_worker_connections(cluster);
-                        if closed == 0 {
+                        let targets = worker_connections(cluster);
+                        if targets.is_empty() {
                             return Err("found no worker connection to close".into());
+                        }
+                        // Timed from the closes, not from finding the connections.
+                        fault_at = Some((Instant::now(), out));
+                        for (node, pid) in targets {
+                            background.push(cluster.ctl_spawn(
+                                node,
+                                &["close_connection", &pid, "chaos: forced close", "-q"],
+                            ));
                         }
                     }
                     Scenario::BrokerRestart => {
-                        cluster_ctl(cluster, 0, &["stop_app"])?;
-                        cluster_ctl(cluster, 0, &["start_app"])?;
+                        background.push(cluster.ctl_spawn(0, &["stop_app"]));
+                        restart_pending = true;
                     }
                     Scenario::NodeStop => {
                         let names = cluster.connection_names(0);
@@ -554,7 +585,8 @@ async fn run_scenario(
                                 "the worker is not connected to node 1: {names:?}"
                             ));
                         }
-                        cluster.stop_node(0);
+                        fault_at = Some((Instant::now(), out));
+                        background.push(cluster.begin_stop_node(0));
                     }
                     Scenario::Sigkill => {
                         worker.kill().await;
@@ -574,10 +606,14 @@ async fn run_scenario(
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    for mut child in background {
+        let _ = child.wait();
+    }
     // Late duplicates, if any, arrive within this.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let stopped = worker.stop().await;
     worker_errors += worker.log_summary().1;
+    let first_errors = worker.first_errors();
     if let Err(e) = stopped {
         return Err(format!(
             "the worker did not stop cleanly: {e}\n{}",
@@ -587,7 +623,7 @@ async fn run_scenario(
     let elapsed = started.elapsed();
 
     // Count the outputs per message.
-    let mut seen: HashMap<usize, usize> = HashMap::new();
+    let mut seen: HashMap<usize, Vec<String>> = HashMap::new();
     let total = count(&admin_conn, &mut admin, &names.output)
         .await
         .ok_or("the output queue is unreachable")? as usize;
@@ -620,7 +656,14 @@ async fn run_scenario(
         let i = message["body"]["i"]
             .as_u64()
             .ok_or("an output without its input's number")? as usize;
-        *seen.entry(i).or_default() += 1;
+        let message_id = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("messageId").cloned())
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default();
+        seen.entry(i).or_default().push(message_id);
     }
     let mut figures = Figures {
         error_routed: count(&admin_conn, &mut admin, &names.errors)
@@ -633,6 +676,7 @@ async fn run_scenario(
         failover,
         elapsed,
         worker_errors,
+        first_errors,
         ..Figures::default()
     };
     for (k, shared) in sent.shared.iter().enumerate() {
@@ -644,7 +688,14 @@ async fn run_scenario(
                 figures.lost += 1;
                 figures.dropped_distinct += usize::from(*shared);
             }
-            Some(n) => figures.duplicates += n - 1,
+            Some(ids) => {
+                figures.duplicates += ids.len() - 1;
+                let mut distinct = ids.clone();
+                distinct.sort();
+                distinct.dedup();
+                figures.rerun += distinct.len() - 1;
+                figures.republished += ids.len() - distinct.len();
+            }
         }
     }
     // Everything of this scenario goes; the queues are durable, so delete them explicitly.
@@ -660,22 +711,9 @@ async fn run_scenario(
     Ok(figures)
 }
 
-fn cluster_ctl(cluster: &Cluster, node: usize, args: &[&str]) -> Result<(), String> {
-    let out = cluster.ctl(node, args);
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "rabbitmqctl {args:?} on node {}: {}",
-            node + 1,
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-/// Force-closes (broker side) every worker connection on the running nodes.
-fn close_worker_connections(cluster: &Cluster) -> usize {
-    let mut closed = 0;
+/// `(node, connection pid)` of every worker connection on the running nodes.
+fn worker_connections(cluster: &Cluster) -> Vec<(usize, String)> {
+    let mut found = Vec::new();
     for (i, node) in cluster.nodes.iter().enumerate() {
         if !node.running {
             continue;
@@ -694,20 +732,12 @@ fn close_worker_connections(cluster: &Cluster) -> usize {
         for line in listing.lines() {
             let worker = (line.contains("-read\"}") || line.contains("-write\"}"))
                 && !line.contains(ADMIN_CONNECTION);
-            if !worker {
-                continue;
-            }
-            let Some(pid) = line.split('\t').next().map(str::trim) else {
-                continue;
-            };
-            if cluster
-                .ctl(i, &["close_connection", pid, "chaos: forced close", "-q"])
-                .status
-                .success()
+            if let Some(pid) = line.split('\t').next().map(str::trim)
+                && worker
             {
-                closed += 1;
+                found.push((i, pid.to_owned()));
             }
         }
     }
-    closed
+    found
 }

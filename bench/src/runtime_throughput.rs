@@ -691,6 +691,8 @@ struct LogState {
     errors: u64,
     /// The first warning and error lines, shown after the run.
     notable: Vec<String>,
+    /// The first error lines.
+    first_errors: Vec<String>,
 }
 
 impl Process {
@@ -720,6 +722,9 @@ impl Process {
                 log.errors += u64::from(error);
                 if (warning || error) && log.notable.len() < NOTABLE_LINES {
                     log.notable.push(line.clone());
+                }
+                if error && log.first_errors.len() < NOTABLE_LINES {
+                    log.first_errors.push(line.clone());
                 }
                 if log.tail.len() == LOG_TAIL {
                     log.tail.pop_front();
@@ -766,6 +771,12 @@ impl Process {
                 ))
             }
         }
+    }
+
+    /// The first ERROR lines logged.
+    pub(crate) fn first_errors(&self) -> Vec<String> {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.first_errors.clone()
     }
 
     /// SIGKILL, then reap: a crash, as an operator's `kill -9` or the OOM killer does it.

@@ -566,10 +566,29 @@ pub mod cluster {
                 .collect()
         }
 
+        /// Starts `rabbitmqctl -n <node i> args…` without waiting for it.
+        pub fn ctl_spawn(&self, i: usize, args: &[&str]) -> std::process::Child {
+            self.command("rabbitmqctl", i)
+                .arg("-n")
+                .arg(&self.nodes[i].name)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("run rabbitmqctl")
+        }
+
         /// Stops node `i` (the whole Erlang node), waiting until it is down.
         pub fn stop_node(&mut self, i: usize) {
             self.ctl_ok(i, &["shutdown"]);
             self.nodes[i].running = false;
+        }
+
+        /// Starts stopping node `i`; the returned process ends when the node is down.
+        pub fn begin_stop_node(&mut self, i: usize) -> std::process::Child {
+            let child = self.ctl_spawn(i, &["shutdown"]);
+            self.nodes[i].running = false;
+            child
         }
     }
 
