@@ -7,6 +7,7 @@
 //! statistics.
 
 mod auth_overhead;
+mod chaos;
 mod loopback;
 mod rotation_torture;
 mod runtime_throughput;
@@ -42,6 +43,11 @@ enum Command {
     /// calls, 401s, expiries, token and sink faults, component updateKeys, cancellations and
     /// shutdown against the emulator's strict rotation; prints the figures.
     RotationTorture(rotation_torture::Args),
+    /// The AMQP worker through forced connection closes, duplicate-id distinct messages, a
+    /// broker restart, SIGKILL and a cluster node stop, on a 3-node RabbitMQ cluster of its
+    /// own; prints lost / duplicates / dropped_distinct / error_routed / failover_s per
+    /// scenario.
+    Chaos(chaos::Args),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +57,7 @@ fn main() -> ExitCode {
         Command::AuthOverhead(args) => auth_overhead::run(args),
         Command::RuntimeThroughput(args) => runtime_throughput::run(args),
         Command::RotationTorture(args) => rotation_torture::run(args),
+        Command::Chaos(args) => chaos::run(args),
     };
     match result {
         Ok(code) => code,

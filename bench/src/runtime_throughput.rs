@@ -12,7 +12,8 @@
 //! * **lapin loop**: this binary in a hidden mode. Two connections (read and write, as the
 //!   worker), prefetch 10, a confirm channel; for every delivery (up to 10 at once) it
 //!   decrypts the body, re-encrypts the plaintext with the same cipher, publishes it with the
-//!   input's headers, waits for the confirm and acks. No JSON, no envelope, no new headers.
+//!   input's headers (persistent, as the worker's outputs), waits for the confirm and acks.
+//!   No JSON, no envelope, no new headers.
 //!   It is the practical limit of the broker, the client library and the cipher on this
 //!   machine.
 //!
@@ -136,7 +137,7 @@ pub fn run(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
             "warning: this is a debug build; the lapin loop runs unoptimized. Use `cargo run --release`."
         );
     }
-    let echo = echo_binary(args)?;
+    let echo = echo_binary(args.echo_bin.as_ref(), args.no_build)?;
     // The bench side only fills queues and polls a count: one thread leaves both cores to the
     // process under test and the broker.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -146,8 +147,8 @@ pub fn run(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
 }
 
 /// The echo example to run, built first unless `--no-build` or `--echo-bin`.
-fn echo_binary(args: &Args) -> Result<PathBuf, String> {
-    if let Some(path) = &args.echo_bin {
+pub(crate) fn echo_binary(echo_bin: Option<&PathBuf>, no_build: bool) -> Result<PathBuf, String> {
+    if let Some(path) = echo_bin {
         if !path.is_file() {
             return Err(format!("--echo-bin {}: no such file", path.display()));
         }
@@ -160,7 +161,7 @@ fn echo_binary(args: &Args) -> Result<PathBuf, String> {
         .and_then(Path::parent)
         .ok_or_else(|| format!("cannot find the target directory of {}", exe.display()))?;
     let bin = target_dir.join("release").join("examples").join("echo");
-    if !args.no_build {
+    if !no_build {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("..")
             .join("Cargo.toml");
@@ -453,7 +454,7 @@ async fn one_run(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut process = Process::spawn(command, arm)?;
+    let mut process = Process::spawn(command, arm.name())?;
     let measured = measure(args, topo, &output, &errors, &mut process).await;
     let stopped = process.stop().await;
     let mut figures = match measured {
@@ -674,7 +675,7 @@ fn proc_cpu_time(pid: u32) -> Option<Duration> {
 }
 
 /// A consumer process under test, its stderr read line by line as it arrives.
-struct Process {
+pub(crate) struct Process {
     child: tokio::process::Child,
     pid: u32,
     spawned: Instant,
@@ -690,14 +691,16 @@ struct LogState {
     errors: u64,
     /// The first warning and error lines, shown after the run.
     notable: Vec<String>,
+    /// The first error lines.
+    first_errors: Vec<String>,
 }
 
 impl Process {
-    fn spawn(mut command: tokio::process::Command, arm: Arm) -> Result<Self, String> {
+    pub(crate) fn spawn(mut command: tokio::process::Command, what: &str) -> Result<Self, String> {
         let spawned = Instant::now();
         let mut child = command
             .spawn()
-            .map_err(|e| format!("cannot start the {} process: {e}", arm.name()))?;
+            .map_err(|e| format!("cannot start the {what} process: {e}"))?;
         let pid = child.id().ok_or("the process exited at once")?;
         let stderr = child.stderr.take().ok_or("no stderr pipe")?;
         let (tx, first_consumed) = oneshot::channel();
@@ -720,6 +723,9 @@ impl Process {
                 if (warning || error) && log.notable.len() < NOTABLE_LINES {
                     log.notable.push(line.clone());
                 }
+                if error && log.first_errors.len() < NOTABLE_LINES {
+                    log.first_errors.push(line.clone());
+                }
                 if log.tail.len() == LOG_TAIL {
                     log.tail.pop_front();
                 }
@@ -737,7 +743,7 @@ impl Process {
     }
 
     /// SIGTERM, then wait; a clean stop is exit status 0 within [`EXIT_TIMEOUT`].
-    async fn stop(&mut self) -> Result<(), String> {
+    pub(crate) async fn stop(&mut self) -> Result<(), String> {
         if let Ok(Some(status)) = self.child.try_wait() {
             return Err(format!("had already exited ({status})"));
         }
@@ -767,8 +773,23 @@ impl Process {
         }
     }
 
+    /// The first ERROR lines logged.
+    pub(crate) fn first_errors(&self) -> Vec<String> {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.first_errors.clone()
+    }
+
+    /// SIGKILL, then reap: a crash, as an operator's `kill -9` or the OOM killer does it.
+    pub(crate) async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        if let Some(reader) = self.reader.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+        }
+    }
+
     /// Warning and error line counts, and the first of those lines.
-    fn log_summary(&self) -> (u64, u64, Vec<String>) {
+    pub(crate) fn log_summary(&self) -> (u64, u64, Vec<String>) {
         let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         (log.warnings, log.errors, log.notable.clone())
     }
@@ -778,7 +799,7 @@ impl Process {
     }
 
     /// The last `n` stderr lines.
-    fn tail_lines(&self, n: usize) -> String {
+    pub(crate) fn tail_lines(&self, n: usize) -> String {
         let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         let skip = log.tail.len().saturating_sub(n);
         log.tail
@@ -1167,7 +1188,8 @@ async fn relay(
                     immediate: false,
                 },
                 &body,
-                input_properties(headers),
+                // Persistent, as the worker publishes by default: the same broker work.
+                input_properties(headers).with_delivery_mode(2),
             )
             .await
             .map_err(|e| e.to_string())?

@@ -246,18 +246,7 @@ pub mod broker {
 
         /// Messages ready in `queue`.
         pub async fn ready(&self, queue: &str) -> u32 {
-            self.channel
-                .queue_declare(
-                    queue.to_owned().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .expect("passive declare")
-                .message_count()
+            ready(&self.channel, queue).await
         }
 
         pub async fn cleanup(self) {
@@ -276,6 +265,22 @@ pub mod broker {
                 .await;
             let _ = self.conn.close(200, "OK".into()).await;
         }
+    }
+
+    /// Messages ready in `queue` (passive `queue.declare` on `channel`).
+    pub async fn ready(channel: &Channel, queue: &str) -> u32 {
+        channel
+            .queue_declare(
+                queue.to_owned().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("passive declare")
+            .message_count()
     }
 
     // ---------------------------------------------------------------------------------------------
@@ -327,5 +332,284 @@ pub mod broker {
             "no connection named {name} in the broker's connection list:\n{listing}"
         );
         closed
+    }
+}
+
+pub mod cluster {
+    //! A private RabbitMQ cluster on loopback, for tests that stop a broker node.
+    //!
+    //! Every node gets its own node name (`deckhand-<pid>-<n>-<i>@localhost`, which cannot be
+    //! the shared broker's `rabbit@localhost`), AMQP and distribution ports picked free on
+    //! 127.0.0.1, its own data, log and config files under one temporary directory, no plugins
+    //! (so no management or Prometheus listener), and an Erlang cookie of its own (`HOME` points
+    //! into the directory). The shared broker on 5672 is never touched. Dropping the
+    //! [`Cluster`] shuts every node down and removes the directory.
+    //!
+    //! The server scripts are found in `DECKHAND_RABBITMQ_BIN_DIR`, else `/usr/lib/rabbitmq/bin`
+    //! (Debian's real scripts; `/usr/sbin/rabbitmq-server` is a wrapper that switches to the
+    //! `rabbitmq` user), else on `PATH`. Without them the test FAILS with instructions.
+
+    use std::net::TcpListener;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    /// One node of the cluster.
+    #[derive(Debug, Clone)]
+    pub struct Node {
+        /// Erlang node name, e.g. `deckhand-123-0-1@localhost`.
+        pub name: String,
+        /// AMQP port on 127.0.0.1.
+        pub amqp_port: u16,
+        /// Erlang distribution port on 127.0.0.1.
+        pub dist_port: u16,
+        /// Whether it is (still) running.
+        pub running: bool,
+    }
+
+    /// A RabbitMQ cluster of nodes of its own.
+    pub struct Cluster {
+        dir: PathBuf,
+        bin: PathBuf,
+        /// The nodes; the first is the one the others joined.
+        pub nodes: Vec<Node>,
+    }
+
+    fn bin_dir() -> PathBuf {
+        if let Ok(dir) = std::env::var("DECKHAND_RABBITMQ_BIN_DIR") {
+            return PathBuf::from(dir);
+        }
+        let debian = Path::new("/usr/lib/rabbitmq/bin");
+        if debian.join("rabbitmq-server").exists() {
+            return debian.to_owned();
+        }
+        std::env::var_os("PATH")
+            .and_then(|path| {
+                std::env::split_paths(&path).find(|dir| dir.join("rabbitmq-server").exists())
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "rabbitmq-server not found (looked in DECKHAND_RABBITMQ_BIN_DIR, \
+                     /usr/lib/rabbitmq/bin and PATH): this test starts a RabbitMQ cluster of its \
+                     own and needs the server installed (e.g. `apt-get install rabbitmq-server`)"
+                )
+            })
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port on 127.0.0.1")
+    }
+
+    impl Cluster {
+        /// Starts `n` nodes and joins them into one cluster. Blocking (use `spawn_blocking`).
+        pub fn start(n: usize) -> Self {
+            static COUNTER: AtomicUsize = AtomicUsize::new(0);
+            let bin = bin_dir();
+            let id = format!(
+                "deckhand-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::SeqCst)
+            );
+            let dir = std::env::temp_dir().join(&id);
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("home")).expect("cluster directory");
+            let cookie: String = uuid::Uuid::new_v4()
+                .simple()
+                .to_string()
+                .to_uppercase()
+                .chars()
+                .filter(char::is_ascii_alphabetic)
+                .collect();
+            let cookie_file = dir.join("home/.erlang.cookie");
+            std::fs::write(&cookie_file, format!("DECKHAND{cookie}")).expect("cookie");
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&cookie_file, std::fs::Permissions::from_mode(0o400))
+                    .expect("cookie permissions");
+            }
+            std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("plugins file");
+            std::fs::write(dir.join("rabbitmq-env.conf"), "").expect("env file");
+            let nodes: Vec<Node> = (1..=n)
+                .map(|i| Node {
+                    name: format!("{id}-{i}@localhost"),
+                    amqp_port: free_port(),
+                    dist_port: free_port(),
+                    running: false,
+                })
+                .collect();
+            let mut cluster = Self { dir, bin, nodes };
+            for i in 0..n {
+                cluster.spawn_node(i);
+            }
+            for i in 0..n {
+                cluster.wait_node(i);
+            }
+            let first = cluster.nodes[0].name.clone();
+            for i in 1..n {
+                cluster.ctl_ok(i, &["stop_app"]);
+                cluster.ctl_ok(i, &["join_cluster", &first]);
+                cluster.ctl_ok(i, &["start_app"]);
+            }
+            cluster.ctl_ok(0, &["await_online_nodes", &n.to_string()]);
+            cluster
+        }
+
+        fn node_dir(&self, i: usize) -> PathBuf {
+            self.dir.join(format!("node{}", i + 1))
+        }
+
+        fn command(&self, program: &str, i: usize) -> Command {
+            let node = &self.nodes[i];
+            let dir = self.node_dir(i);
+            let mut cmd = Command::new(self.bin.join(program));
+            cmd.env("HOME", self.dir.join("home"))
+                .env("RABBITMQ_CONF_ENV_FILE", self.dir.join("rabbitmq-env.conf"))
+                .env("RABBITMQ_NODENAME", &node.name)
+                .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+                .env("RABBITMQ_NODE_PORT", node.amqp_port.to_string())
+                .env("RABBITMQ_DIST_PORT", node.dist_port.to_string())
+                .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+                .env("RABBITMQ_LOG_BASE", dir.join("log"))
+                .env("RABBITMQ_PID_FILE", dir.join("pid"))
+                .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+                .env(
+                    "RABBITMQ_ENABLED_PLUGINS_FILE",
+                    self.dir.join("enabled_plugins"),
+                )
+                .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+                .env(
+                    "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                    "-kernel inet_dist_use_interface {127,0,0,1}",
+                )
+                .current_dir(&dir);
+            cmd
+        }
+
+        fn spawn_node(&mut self, i: usize) {
+            let dir = self.node_dir(i);
+            std::fs::create_dir_all(&dir).expect("node directory");
+            std::fs::write(
+                dir.join("rabbitmq.conf"),
+                format!("listeners.tcp.1 = 127.0.0.1:{}\n", self.nodes[i].amqp_port),
+            )
+            .expect("node config");
+            let out = self
+                .command("rabbitmq-server", i)
+                .arg("-detached")
+                .output()
+                .expect("run rabbitmq-server");
+            assert!(
+                out.status.success(),
+                "rabbitmq-server -detached failed for {}: {}",
+                self.nodes[i].name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            self.nodes[i].running = true;
+        }
+
+        fn wait_node(&self, i: usize) {
+            let pid = self.node_dir(i).join("pid");
+            let pid = pid.to_string_lossy().into_owned();
+            self.ctl_ok(i, &["wait", &pid, "--timeout", "120"]);
+        }
+
+        /// Runs `rabbitmqctl -n <node i> args…`.
+        pub fn ctl(&self, i: usize, args: &[&str]) -> Output {
+            self.command("rabbitmqctl", i)
+                .arg("-n")
+                .arg(&self.nodes[i].name)
+                .args(args)
+                .output()
+                .expect("run rabbitmqctl")
+        }
+
+        fn ctl_ok(&self, i: usize, args: &[&str]) -> Output {
+            let out = self.ctl(i, args);
+            assert!(
+                out.status.success(),
+                "rabbitmqctl -n {} {:?} failed: {}{}",
+                self.nodes[i].name,
+                args,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out
+        }
+
+        /// `amqp://guest:guest@127.0.0.1:<port>/%2f` of node `i`.
+        pub fn uri(&self, i: usize) -> String {
+            format!(
+                "amqp://guest:guest@127.0.0.1:{}/%2f",
+                self.nodes[i].amqp_port
+            )
+        }
+
+        /// Names of the client connections (`connection_name`) open on node `i`.
+        pub fn connection_names(&self, i: usize) -> Vec<String> {
+            let out = self.ctl_ok(
+                i,
+                &[
+                    "list_connections",
+                    "client_properties",
+                    "--no-table-headers",
+                    "-q",
+                ],
+            );
+            let listing = String::from_utf8_lossy(&out.stdout);
+            listing
+                .split("{\"connection_name\",\"")
+                .skip(1)
+                .filter_map(|rest| rest.split('"').next().map(str::to_owned))
+                .collect()
+        }
+
+        /// Starts `rabbitmqctl -n <node i> args…` without waiting for it.
+        pub fn ctl_spawn(&self, i: usize, args: &[&str]) -> std::process::Child {
+            self.command("rabbitmqctl", i)
+                .arg("-n")
+                .arg(&self.nodes[i].name)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("run rabbitmqctl")
+        }
+
+        /// Stops node `i` (the whole Erlang node), waiting until it is down.
+        pub fn stop_node(&mut self, i: usize) {
+            self.ctl_ok(i, &["shutdown"]);
+            self.nodes[i].running = false;
+        }
+
+        /// Starts stopping node `i`; the returned process ends when the node is down.
+        pub fn begin_stop_node(&mut self, i: usize) -> std::process::Child {
+            let child = self.ctl_spawn(i, &["shutdown"]);
+            self.nodes[i].running = false;
+            child
+        }
+    }
+
+    impl Drop for Cluster {
+        fn drop(&mut self) {
+            for i in (0..self.nodes.len()).rev() {
+                if !self.nodes[i].running {
+                    continue;
+                }
+                let stopped = self.ctl(i, &["shutdown"]).status.success();
+                if !stopped && let Ok(pid) = std::fs::read_to_string(self.node_dir(i).join("pid")) {
+                    let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+                }
+            }
+            // Give the VMs a moment to release their files.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while std::fs::remove_dir_all(&self.dir).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
 }

@@ -97,7 +97,7 @@ mod runtime {
             "application/json"
         );
         assert_eq!(props.content_encoding().as_ref().unwrap().as_str(), "utf8");
-        assert_eq!(*props.delivery_mode(), Some(1));
+        assert_eq!(*props.delivery_mode(), Some(2), "persistent by default");
         assert_eq!(header(props, "messageId"), Some(&long_string("out-1")));
         assert_eq!(header(props, "parentMessageId"), Some(&long_string("in-1")));
         assert_eq!(header(props, "threadId"), Some(&long_string("thread-1")));

@@ -456,6 +456,76 @@ async fn prefetch_above_one_processes_messages_concurrently() {
     h.topo.cleanup().await;
 }
 
+/// Issue 13 (1): distinct messages that share a `messageId` (a Node step gives every id-less
+/// output of one input the same id) are all run, even while in flight together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distinct_messages_sharing_a_message_id_are_all_processed() {
+    let h = Harness::new(
+        "gather",
+        step(json!({})),
+        &[("ELASTICIO_RABBITMQ_PREFETCH_SAILOR", "3")],
+    )
+    .await;
+    let (stop, worker) = h.start(3).await;
+    for i in 0..3 {
+        h.send("shared-id", json!({"i": i}), &[]).await;
+    }
+    // The barrier opens only if all three run at once; a dropped one leaves it shut.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let (body, _, _) = h.receive(&h.data).await;
+        seen.insert(body["body"]["i"].as_u64().unwrap());
+    }
+    assert_eq!(seen, (0..3).collect());
+    assert_eq!(h.topo.ready(&h.errors).await, 0);
+    assert_eq!(h.topo.ready(&h.topo.name("in")).await, 0);
+    stop.send(()).unwrap();
+    worker.await.unwrap();
+    h.topo.cleanup().await;
+}
+
+/// Issue 13 (4): an input too large to echo gives exactly one error event, which carries at
+/// most 64 KiB of the input, marked as cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_input_gives_one_small_error_event() {
+    let h = Harness::new(
+        "echo",
+        step(json!({})),
+        &[("ELASTICIO_OUTGOING_MESSAGE_SIZE_LIMIT", "100000")],
+    )
+    .await;
+    let (stop, worker) = h.start(1).await;
+    h.send("big", json!({"data": "y".repeat(400_000)}), &[])
+        .await;
+    let (envelope, _, _) = h.receive(&h.errors).await;
+    let error_input = envelope["errorInput"].as_str().unwrap();
+    assert!(error_input.len() <= 64 * 1024, "{}", error_input.len());
+    assert_eq!(envelope["errorInputTruncated"], json!(true));
+    let error: Value = serde_json::from_slice(
+        &h.cipher
+            .decrypt(
+                envelope["error"].as_str().unwrap().as_bytes(),
+                ProtocolVersion::V1,
+            )
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        error["message"].as_str().unwrap().contains("exceeds limit"),
+        "{error}"
+    );
+    // The input is dead-lettered, and that was the only error event.
+    h.topo
+        .get(&h.dead, Duration::from_secs(5))
+        .await
+        .expect("input rejected");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.topo.ready(&h.errors).await, 0, "a second error event");
+    stop.send(()).unwrap();
+    worker.await.unwrap();
+    h.topo.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_keys_is_published_encrypted_and_confirmed_and_the_next_message_uses_the_new_token()
 {
@@ -590,23 +660,61 @@ fn build_echo_binary() -> std::path::PathBuf {
     bin
 }
 
+/// The echo example running `passthrough` as a separate worker process on `h`'s topology,
+/// its stderr (JSON log lines) collected as it comes so a full pipe never blocks it.
+struct EchoProcess {
+    child: tokio::process::Child,
+    log: tokio::task::JoinHandle<std::io::Result<String>>,
+}
+
+impl EchoProcess {
+    fn spawn(h: &Harness, prefetch: &str) -> Self {
+        let step_file = h._dir.path().join("step.json");
+        let env = h.topo.env(&[
+            ("ELASTICIO_FUNCTION", "passthrough"),
+            ("ELASTICIO_RABBITMQ_PREFETCH_SAILOR", prefetch),
+            ("DECKHAND_STEP_FILE", &step_file.to_string_lossy()),
+        ]);
+        let mut child = tokio::process::Command::new(echo_binary())
+            .arg("run")
+            .env_clear()
+            .envs(env)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("worker process starts");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let log = tokio::spawn(async move {
+            let mut log = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut log)
+                .await
+                .map(|_| log)
+        });
+        Self { child, log }
+    }
+
+    /// Sends SIGTERM and waits (at most 20 s) for the exit; returns the exit code and the log.
+    async fn terminate(mut self) -> (Option<i32>, String) {
+        let pid = self.child.id().expect("pid") as i32;
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("exits")
+            .unwrap();
+        (status.code(), self.log.await.unwrap().unwrap())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_messages_in_flight_loses_none_and_exits_zero() {
     let h = Harness::new("passthrough", step(json!({"delayMs": "800"})), &[]).await;
-    let step_file = h._dir.path().join("step.json");
-    let env = h.topo.env(&[
-        ("ELASTICIO_FUNCTION", "passthrough"),
-        ("ELASTICIO_RABBITMQ_PREFETCH_SAILOR", "4"),
-        ("DECKHAND_STEP_FILE", &step_file.to_string_lossy()),
-    ]);
-    let mut child = tokio::process::Command::new(echo_binary())
-        .arg("run")
-        .env_clear()
-        .envs(env)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("worker process starts");
+    let worker = EchoProcess::spawn(&h, "4");
     for i in 0..4 {
         h.send(&format!("t-{i}"), json!({"i": i}), &[]).await;
     }
@@ -626,19 +734,8 @@ async fn sigterm_with_messages_in_flight_loses_none_and_exits_zero() {
         0,
         "still in flight when the signal is sent"
     );
-    let pid = child.id().expect("pid") as i32;
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("exits")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    let (code, log) = worker.terminate().await;
+    assert_eq!(code, Some(0), "{log}");
     assert_eq!(
         h.topo.ready(&h.data).await,
         4,
@@ -646,6 +743,36 @@ async fn sigterm_with_messages_in_flight_loses_none_and_exits_zero() {
     );
     assert_eq!(h.topo.ready(&input).await, 0, "and acked");
     assert_eq!(h.topo.ready(&h.dead).await, 0);
+    h.topo.cleanup().await;
+}
+
+/// Issue 13 (5): a graceful stop (SIGTERM) logs no ERROR, from Deckhand or from lapin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_logs_no_error() {
+    let h = Harness::new("passthrough", step(json!({"delayMs": "50"})), &[]).await;
+    let worker = EchoProcess::spawn(&h, "5");
+    // Stopped under load: messages in flight and more buffered by the client.
+    for i in 0..40 {
+        h.send(&format!("q-{i}"), json!({"i": i}), &[]).await;
+    }
+    for _ in 0..3 {
+        h.topo
+            .get(&h.data, Duration::from_secs(20))
+            .await
+            .expect("processed");
+    }
+    let (code, log) = worker.terminate().await;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("worker stopped"), "{log}");
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(r#""level":"ERROR""#))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "ERROR lines on a graceful stop:\n{}",
+        errors.join("\n")
+    );
     h.topo.cleanup().await;
 }
 

@@ -3,9 +3,24 @@
 //!
 //! * **Connections**: like Node, one connection for consuming (`<hostname>-read`) and one for
 //!   publishing (`<hostname>-write`), named through the `connection_name` client property.
-//!   Opening a connection makes `1 + ELASTICIO_AMQP_RECONNECT_ATTEMPTS` tries, pausing
+//!   Opening a connection makes `1 + ELASTICIO_AMQP_RECONNECT_ATTEMPTS` rounds, pausing
 //!   `ELASTICIO_AMQP_RECONNECT_TIMEOUT` between them; [`Transport::connect`] fails with a clear
 //!   error if the broker cannot be reached at startup.
+//! * **Several broker nodes** (`ELASTICIO_AMQP_URI` plus `ELASTICIO_AMQP_URIS`, a RabbitMQ
+//!   cluster): a round tries every node once, starting with the one after the node last
+//!   connected to, so when a node goes down both connections move to the next live one. With
+//!   quorum queues (replicated; the platform's choice) nothing is lost when a node stops: the
+//!   broker redelivers what was unacknowledged and [`crate::runtime::dedup::Deduplicator`]
+//!   keeps what was already processed from running again.
+//! * **Quorum queues' delivery limit** (`x-delivery-limit`): the broker counts every return of
+//!   a message — on a connection loss, for each message in flight or buffered by the client —
+//!   in its `x-delivery-count` header ([`Delivery::delivery_count`]), and drops or
+//!   dead-letters a message once the count reaches the limit. Deckhand never returns a message
+//!   on purpose (no `nack` with requeue: a failure is a reject to the dead-letter route), so
+//!   the count only grows through connection losses and crashes; the worker logs it for each
+//!   redelivery. Operators should set the limit well above the connection losses a message may
+//!   live through, and give the queue a dead-letter exchange so nothing is dropped. Rebounds
+//!   are republished without the header, so they start from a count of zero.
 //! * **Publishing** ([`Publisher`]): a confirm channel; every publish waits for its broker
 //!   confirm. A nack, a closed channel/connection or a confirm timeout is retried after
 //!   `min(RETRY_DELAY·2^n, MAX_RETRY_DELAY)` with header `retry: n`, up to
@@ -41,7 +56,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::runtime::config::{AmqpUri, PublishRetry, RateLimits, RuntimeConfig};
-use crate::runtime::protocol::{Incoming, Publication, PublicationKind};
+use crate::runtime::protocol::header::DELIVERY_COUNT;
+use crate::runtime::protocol::{Incoming, Publication, PublicationKind, header_number};
 
 /// `frame_max` asked of the broker unless the URI sets one.
 const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
@@ -52,8 +68,8 @@ const SHUTDOWN_STEP: Duration = Duration::from_secs(5);
 /// How the transport connects, publishes and consumes.
 #[derive(Debug, Clone)]
 pub struct TransportOptions {
-    /// Broker URI.
-    pub uri: AmqpUri,
+    /// Broker nodes, tried in this order (see the module docs). Never empty.
+    pub uris: Vec<AmqpUri>,
     /// Connection name prefix; `-read` / `-write` is appended (Node uses the hostname).
     pub connection_name: String,
     /// `basic.qos` prefetch of consumers.
@@ -76,10 +92,16 @@ pub struct TransportOptions {
 }
 
 impl TransportOptions {
-    /// Defaults for `uri`: Node's reconnect/retry defaults, prefetch 1, no throttles.
+    /// Defaults for one broker node: Node's reconnect/retry defaults, prefetch 1, no throttles.
     pub fn new(uri: AmqpUri) -> Self {
+        Self::with_nodes(vec![uri])
+    }
+
+    /// Defaults for several broker nodes, tried in order. Panics if `uris` is empty.
+    pub fn with_nodes(uris: Vec<AmqpUri>) -> Self {
+        assert!(!uris.is_empty(), "at least one broker URI is needed");
         Self {
-            uri,
+            uris,
             connection_name: hostname(),
             prefetch: 1,
             connect_attempts: 3,
@@ -100,7 +122,7 @@ impl TransportOptions {
             connect_retry_delay: cfg.amqp.reconnect_timeout,
             publish_retry: cfg.amqp.publish_retry,
             rate_limits: Some(cfg.rate_limits),
-            ..Self::new(cfg.amqp.uri.clone())
+            ..Self::with_nodes(cfg.amqp.uris.clone())
         }
     }
 }
@@ -191,84 +213,135 @@ fn backoff(base: Duration, n: u32, max: Duration) -> Duration {
         .min(max)
 }
 
-/// One of the two connections, reopened on demand.
-struct ConnSlot {
+/// One broker node of a [`ConnSlot`].
+struct Node {
     uri: AMQPUri,
-    redacted_uri: String,
+    redacted: String,
+}
+
+/// The live connection of a slot and the node it goes to.
+struct Current {
+    conn: Option<Arc<Connection>>,
+    node: usize,
+}
+
+/// One of the two connections, reopened on demand — on the next node when there are several.
+struct ConnSlot {
+    nodes: Vec<Node>,
     role: &'static str,
     name: String,
     retry_delay: Duration,
     connect_timeout: Duration,
-    current: Mutex<Option<Arc<Connection>>>,
+    current: Mutex<Current>,
 }
 
 impl ConnSlot {
     fn new(opts: &TransportOptions, role: &'static str) -> Self {
-        let mut uri = opts.uri.parsed().clone();
-        // lapin keeps 32 frames of `frame_max` per direction and connection, fully resident;
-        // with RabbitMQ's 128 KiB default that is 16 MiB for a worker's two connections.
-        // Node's amqplib asks for 4 KiB; 16 KiB keeps large messages cheap. A `frame_max` in
-        // the URI wins.
-        if uri.query.frame_max.is_none() {
-            uri.query.frame_max = Some(DEFAULT_FRAME_MAX);
-        }
+        let nodes = opts
+            .uris
+            .iter()
+            .map(|u| {
+                let mut uri = u.parsed().clone();
+                // lapin keeps 32 frames of `frame_max` per direction and connection, fully
+                // resident; with RabbitMQ's 128 KiB default that is 16 MiB for a worker's two
+                // connections. Node's amqplib asks for 4 KiB; 16 KiB keeps large messages
+                // cheap. A `frame_max` in the URI wins.
+                if uri.query.frame_max.is_none() {
+                    uri.query.frame_max = Some(DEFAULT_FRAME_MAX);
+                }
+                Node {
+                    uri,
+                    redacted: u.redacted(),
+                }
+            })
+            .collect();
         Self {
-            uri,
-            redacted_uri: opts.uri.redacted(),
+            nodes,
             role,
             name: format!("{}-{role}", opts.connection_name),
             retry_delay: opts.connect_retry_delay,
             connect_timeout: opts.connect_timeout,
-            current: Mutex::new(None),
+            current: Mutex::new(Current {
+                conn: None,
+                node: 0,
+            }),
         }
     }
 
-    /// The live connection, or a new one after up to `1 + attempts` tries. The lock makes
-    /// concurrent callers share one reconnect.
+    /// The live connection, or a new one after up to `1 + attempts` rounds over the nodes
+    /// (a lost connection's node is tried last). The lock makes concurrent callers share one
+    /// reconnect.
     async fn get(&self, extra_attempts: u32) -> Result<Arc<Connection>, TransportError> {
         let mut current = self.current.lock().await;
-        if let Some(conn) = current.as_ref() {
+        let mut start = current.node;
+        if let Some(conn) = current.conn.as_ref() {
             if conn.status().connected() {
                 return Ok(conn.clone());
             }
-            warn!(connection = %self.name, "AMQP connection lost, reconnecting");
+            warn!(connection = %self.name, node = %self.nodes[current.node].redacted, "AMQP connection lost, reconnecting");
+            start = current.node + 1;
         }
-        *current = None;
+        current.conn = None;
         let mut last = String::new();
         for attempt in 0..=extra_attempts {
             if attempt > 0 {
                 tokio::time::sleep(self.retry_delay).await;
                 debug!(connection = %self.name, attempt, "AMQP reconnecting");
             }
-            let props =
-                ConnectionProperties::default().with_connection_name(self.name.clone().into());
-            match tokio::time::timeout(
-                self.connect_timeout,
-                Connection::connect_uri(self.uri.clone(), props),
-            )
-            .await
-            {
-                Ok(Ok(conn)) => {
-                    info!(connection = %self.name, uri = %self.redacted_uri, "AMQP connected");
-                    let conn = Arc::new(conn);
-                    *current = Some(conn.clone());
-                    return Ok(conn);
+            for offset in 0..self.nodes.len() {
+                let index = (start + offset) % self.nodes.len();
+                let node = &self.nodes[index];
+                let props =
+                    ConnectionProperties::default().with_connection_name(self.name.clone().into());
+                match tokio::time::timeout(
+                    self.connect_timeout,
+                    Connection::connect_uri(node.uri.clone(), props),
+                )
+                .await
+                {
+                    Ok(Ok(conn)) => {
+                        info!(connection = %self.name, uri = %node.redacted, "AMQP connected");
+                        let conn = Arc::new(conn);
+                        current.conn = Some(conn.clone());
+                        current.node = index;
+                        return Ok(conn);
+                    }
+                    Ok(Err(e)) => last = format!("{}: {e}", node.redacted),
+                    Err(_) => {
+                        last = format!(
+                            "{}: timed out after {:?}",
+                            node.redacted, self.connect_timeout
+                        )
+                    }
                 }
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = format!("timed out after {:?}", self.connect_timeout),
+                warn!(connection = %self.name, attempt, error = %last, "AMQP connection attempt failed");
             }
-            warn!(connection = %self.name, attempt, error = %last, "AMQP connection attempt failed");
         }
         Err(TransportError::Connect {
-            uri: self.redacted_uri.clone(),
+            uri: self
+                .nodes
+                .iter()
+                .map(|n| n.redacted.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             connection: self.role.to_owned(),
             attempts: extra_attempts + 1,
             reason: last,
         })
     }
 
+    /// The URI (password redacted) of the node the live connection goes to, if any.
+    async fn connected_node(&self) -> Option<String> {
+        let current = self.current.lock().await;
+        current
+            .conn
+            .as_ref()
+            .filter(|c| c.status().connected())
+            .map(|_| self.nodes[current.node].redacted.clone())
+    }
+
     async fn close(&self) {
-        if let Some(conn) = self.current.lock().await.take()
+        if let Some(conn) = self.current.lock().await.conn.take()
             && conn.status().connected()
             && tokio::time::timeout(SHUTDOWN_STEP, conn.close(200, "OK".into()))
                 .await
@@ -290,7 +363,7 @@ pub struct Transport {
 impl fmt::Debug for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transport")
-            .field("uri", &self.opts.uri)
+            .field("uris", &self.opts.uris)
             .field("connection_name", &self.opts.connection_name)
             .finish_non_exhaustive()
     }
@@ -316,6 +389,11 @@ impl Transport {
         })
     }
 
+    /// The broker node (URI, password redacted) the consuming connection is on, if connected.
+    pub async fn consuming_node(&self) -> Option<String> {
+        self.read.connected_node().await
+    }
+
     /// The publisher (cheap to clone, safe to share between tasks).
     pub fn publisher(&self) -> Publisher {
         self.publisher.clone()
@@ -335,6 +413,7 @@ impl Transport {
             generation: 0,
             stop: StopHandle::default(),
             finished: false,
+            cancelled: false,
         };
         consumer.subscribe().await?;
         Ok(consumer)
@@ -669,6 +748,8 @@ pub struct Consumer {
     generation: u64,
     stop: StopHandle,
     finished: bool,
+    /// `basic.cancel` was sent on the current subscription.
+    cancelled: bool,
 }
 
 impl fmt::Debug for Consumer {
@@ -766,16 +847,23 @@ impl Consumer {
 
     async fn finish(&mut self, close_channel: bool) {
         self.finished = true;
-        if let Some(sub) = self.subscription.take()
+        // The subscription (and its channel) is kept after a cancel: deliveries still being
+        // processed hold the channel, and a channel closed implicitly by the drop of its last
+        // handle races the connection's close (lapin then logs a connection ERROR on every
+        // graceful stop). `close` closes it explicitly once everything is settled.
+        if let Some(sub) = self.subscription.as_ref()
             && sub.channel.status().connected()
         {
-            let tag = sub.consumer.tag();
-            // Bounded: a shutdown must end even if the broker stops answering.
-            let cancel = sub.channel.basic_cancel(tag, BasicCancelOptions::default());
-            match tokio::time::timeout(SHUTDOWN_STEP, cancel).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => debug!(error = %e, "basic.cancel failed"),
-                Err(_) => warn!("basic.cancel was not confirmed in time"),
+            if !self.cancelled {
+                self.cancelled = true;
+                let tag = sub.consumer.tag();
+                // Bounded: a shutdown must end even if the broker stops answering.
+                let cancel = sub.channel.basic_cancel(tag, BasicCancelOptions::default());
+                match tokio::time::timeout(SHUTDOWN_STEP, cancel).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!(error = %e, "basic.cancel failed"),
+                    Err(_) => warn!("basic.cancel was not confirmed in time"),
+                }
             }
             if close_channel {
                 match tokio::time::timeout(SHUTDOWN_STEP, sub.channel.close(200, "OK".into())).await
@@ -785,6 +873,9 @@ impl Consumer {
                     Err(_) => warn!("closing the consumer channel was not confirmed in time"),
                 }
             }
+        }
+        if close_channel {
+            self.subscription = None;
         }
     }
 
@@ -821,6 +912,7 @@ impl Consumer {
                 reason: e.to_string(),
             })?;
         self.generation += 1;
+        self.cancelled = false;
         info!(queue = %self.queue, subscription = self.generation, prefetch = self.prefetch, "consuming");
         self.subscription = Some(Subscription {
             channel,
@@ -865,6 +957,9 @@ pub struct Delivery {
     pub routing_key: String,
     /// Which subscription (1, 2, … after reconnects) delivered it.
     pub subscription: u64,
+    /// A quorum queue's `x-delivery-count` header: how many times the message was returned
+    /// to the queue before (see the module docs on the delivery limit).
+    pub delivery_count: Option<u64>,
     settler: Settler,
 }
 
@@ -874,6 +969,7 @@ impl fmt::Debug for Delivery {
             .field("delivery_tag", &self.delivery_tag)
             .field("message_id", &self.incoming.message_id())
             .field("redelivered", &self.redelivered)
+            .field("delivery_count", &self.delivery_count)
             .field("subscription", &self.subscription)
             .field("body_len", &self.incoming.body.len())
             .finish_non_exhaustive()
@@ -882,8 +978,13 @@ impl fmt::Debug for Delivery {
 
 impl Delivery {
     fn from_lapin(d: lapin::message::Delivery, channel: Channel, subscription: u64) -> Self {
+        let incoming = Incoming::new(d.properties, d.data);
+        let delivery_count = header_number(incoming.headers(), DELIVERY_COUNT)
+            .filter(|n| n.is_finite() && *n >= 0.0)
+            .map(|n| n as u64);
         Self {
-            incoming: Incoming::new(d.properties, d.data),
+            incoming,
+            delivery_count,
             redelivered: d.redelivered,
             delivery_tag: d.delivery_tag,
             exchange: d.exchange.as_str().to_owned(),
@@ -971,6 +1072,18 @@ pub(crate) mod test_support {
         log: &Arc<StdMutex<Vec<(u64, Outcome)>>>,
         dead: bool,
     ) -> Delivery {
+        delivery_with_body(tag, message_id, b"body", redelivered, log, dead)
+    }
+
+    /// As [`delivery`], with the given body.
+    pub(crate) fn delivery_with_body(
+        tag: u64,
+        message_id: Option<&str>,
+        body: &[u8],
+        redelivered: bool,
+        log: &Arc<StdMutex<Vec<(u64, Outcome)>>>,
+        dead: bool,
+    ) -> Delivery {
         let mut headers = FieldTable::default();
         if let Some(id) = message_id {
             headers.insert("messageId".into(), crate::runtime::protocol::js_string(id));
@@ -978,13 +1091,14 @@ pub(crate) mod test_support {
         Delivery {
             incoming: Incoming::new(
                 lapin::BasicProperties::default().with_headers(headers),
-                b"body".to_vec(),
+                body.to_vec(),
             ),
             redelivered,
             delivery_tag: tag,
             exchange: String::new(),
             routing_key: String::new(),
             subscription: 1,
+            delivery_count: None,
             settler: Settler::Recorder(Recorder {
                 log: log.clone(),
                 dead: Arc::new(AtomicBool::new(dead)),

@@ -20,6 +20,21 @@
 //!   step definition comes from the local file named by [`STEP_FILE_VAR`]
 //!   (`DECKHAND_STEP_FILE`), see [`StepSource`].
 //! * **Errors**: every problem is reported at once ([`ConfigError`]), not just the first.
+//!   Values that are accepted but adjusted are listed in [`RuntimeConfig::notices`], which the
+//!   worker logs as warnings at start-up.
+//!
+//! Deliberate differences from Node's *defaults* (each a reliability fix):
+//!
+//! * `ELASTICIO_AMQP_PERSISTENT_MESSAGES` defaults to **true**: outputs survive a broker restart.
+//!   Node's default (false) loses outputs whose inputs were already acked. Set it to `false`
+//!   explicitly for transient outputs; the worker then warns at start-up.
+//! * `ELASTICIO_AMQP_PUBLISH_MAX_RETRY_DELAY` defaults to **5 s** (Node: 5 min), and larger
+//!   values are held to [`PublishRetry::MAX_DELAY_CEILING`] (30 s): a publish nacked by a full
+//!   queue is retried within seconds of the queue having room.
+//!
+//! Additions:
+//!
+//! * `ELASTICIO_AMQP_URIS`: more broker nodes to fail over to, see [`AmqpSettings::uris`].
 //!
 //! Secrets (crypto password and IV, API key, AMQP URI password, object-storage token) never
 //! appear in `Debug` output or in error messages.
@@ -202,7 +217,8 @@ pub struct StepIdentity {
 pub struct PublishRetry {
     /// `ELASTICIO_AMQP_PUBLISH_RETRY_DELAY` (default 100 ms).
     pub delay: Duration,
-    /// `ELASTICIO_AMQP_PUBLISH_MAX_RETRY_DELAY` (default 5 min).
+    /// `ELASTICIO_AMQP_PUBLISH_MAX_RETRY_DELAY` (default 5 s, at most
+    /// [`MAX_DELAY_CEILING`](Self::MAX_DELAY_CEILING); Node: 5 min without a ceiling).
     pub max_delay: Duration,
     /// `ELASTICIO_AMQP_PUBLISH_RETRY_ATTEMPTS`: total publish attempts; `None` = unlimited
     /// (Node's default `Infinity`; the value `Infinity` is accepted). `0` is rejected, since
@@ -211,6 +227,14 @@ pub struct PublishRetry {
 }
 
 impl PublishRetry {
+    /// The longest pause between publish retries: a larger
+    /// `ELASTICIO_AMQP_PUBLISH_MAX_RETRY_DELAY` is held to this, so a worker never idles for
+    /// long after a full queue has room again.
+    pub const MAX_DELAY_CEILING: Duration = Duration::from_secs(30);
+
+    /// Default of `ELASTICIO_AMQP_PUBLISH_MAX_RETRY_DELAY`.
+    pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(5);
+
     /// The sleep after failed attempt `n` (0-based): `min(delay·2^n, max_delay)`.
     pub fn delay_after(&self, n: u32) -> Duration {
         let factor = 1u32.checked_shl(n).unwrap_or(u32::MAX);
@@ -230,7 +254,7 @@ impl Default for PublishRetry {
     fn default() -> Self {
         Self {
             delay: Duration::from_millis(100),
-            max_delay: Duration::from_millis(300_000),
+            max_delay: Self::DEFAULT_MAX_DELAY,
             attempts: None,
         }
     }
@@ -239,8 +263,13 @@ impl Default for PublishRetry {
 /// Everything about the broker: where to consume, where to publish, reliability knobs.
 #[derive(Debug, Clone)]
 pub struct AmqpSettings {
-    /// `ELASTICIO_AMQP_URI`.
-    pub uri: AmqpUri,
+    /// The broker nodes, in the order they are tried: `ELASTICIO_AMQP_URI` (the platform's
+    /// single URI) first, then those of `ELASTICIO_AMQP_URIS` (Deckhand addition: a list
+    /// separated by commas or whitespace, duplicates ignored; a comma inside a password must be
+    /// written `%2C`). Either variable may be used alone; at least one is required. When the
+    /// node a connection uses goes down, the next one is tried (see
+    /// [`amqp`](crate::runtime::amqp)). Never empty.
+    pub uris: Vec<AmqpUri>,
     /// `ELASTICIO_LISTEN_MESSAGES_ON`: the queue to consume.
     pub listen_messages_on: String,
     /// `ELASTICIO_PUBLISH_MESSAGES_TO`: the exchange for every publish.
@@ -263,7 +292,9 @@ pub struct AmqpSettings {
     pub prefetch: u16,
     /// Publish retry policy (`ELASTICIO_AMQP_PUBLISH_RETRY_*`).
     pub publish_retry: PublishRetry,
-    /// `ELASTICIO_AMQP_PERSISTENT_MESSAGES` (default false): deliveryMode 2 instead of 1.
+    /// `ELASTICIO_AMQP_PERSISTENT_MESSAGES` (default **true**, Node: false): deliveryMode 2,
+    /// so outputs survive a broker restart; `false` publishes them transient (deliveryMode 1)
+    /// and the worker warns at start-up.
     pub persistent_messages: bool,
     /// `ELASTICIO_AMQP_RECONNECT_ATTEMPTS` (default 3): extra connection attempts after the
     /// first one fails; `0` means a single attempt.
@@ -414,6 +445,8 @@ pub struct RuntimeConfig {
     pub additional_headers: AdditionalHeaders,
     /// Log context.
     pub log: LogContext,
+    /// Settings that were accepted but adjusted or are risky; logged as warnings at start-up.
+    pub notices: Vec<ConfigProblem>,
 }
 
 /// Settings of a shutdown-hook container (`ELASTICIO_HOOK_SHUTDOWN` set): no AMQP, no crypto.
@@ -491,22 +524,7 @@ impl RuntimeConfig {
         let identity = r.identity();
         let step_source = r.step_source();
 
-        let uri = r
-            .required("AMQP_URI")
-            .and_then(|raw| match AmqpUri::parse(&raw) {
-                Ok(uri) if uri.parsed().scheme == AMQPScheme::AMQPS => {
-                    r.problem(
-                        "AMQP_URI",
-                        "uses amqps://, but this build of Deckhand has no TLS support",
-                    );
-                    None
-                }
-                Ok(uri) => Some(uri),
-                Err(reason) => {
-                    r.problem("AMQP_URI", reason);
-                    None
-                }
-            });
+        let uris = r.broker_uris();
         let listen_messages_on = r.required_short("LISTEN_MESSAGES_ON");
         let publish_messages_to = r.required_short("PUBLISH_MESSAGES_TO");
         let data_routing_key = r.required_short("DATA_ROUTING_KEY");
@@ -552,10 +570,32 @@ impl RuntimeConfig {
         let prefetch = r.number_or("RABBITMQ_PREFETCH_SAILOR", 1u16, 1);
         let publish_retry = PublishRetry {
             delay: r.millis_or("AMQP_PUBLISH_RETRY_DELAY", 100),
-            max_delay: r.millis_or("AMQP_PUBLISH_MAX_RETRY_DELAY", 300_000),
+            max_delay: r.millis_or(
+                "AMQP_PUBLISH_MAX_RETRY_DELAY",
+                PublishRetry::DEFAULT_MAX_DELAY.as_millis() as u64,
+            ),
             attempts: r.attempts("AMQP_PUBLISH_RETRY_ATTEMPTS"),
         };
-        let persistent_messages = r.bool_or("AMQP_PERSISTENT_MESSAGES", false);
+        let mut notices = Vec::new();
+        let mut publish_retry = publish_retry;
+        if publish_retry.max_delay > PublishRetry::MAX_DELAY_CEILING {
+            notices.push(ConfigProblem {
+                var: format!("{PREFIX}AMQP_PUBLISH_MAX_RETRY_DELAY"),
+                reason: format!(
+                    "{} ms is held to {} ms, so a worker resumes soon after a full queue has room",
+                    publish_retry.max_delay.as_millis(),
+                    PublishRetry::MAX_DELAY_CEILING.as_millis()
+                ),
+            });
+            publish_retry.max_delay = PublishRetry::MAX_DELAY_CEILING;
+        }
+        let persistent_messages = r.bool_or("AMQP_PERSISTENT_MESSAGES", true);
+        if !persistent_messages {
+            notices.push(ConfigProblem {
+                var: format!("{PREFIX}AMQP_PERSISTENT_MESSAGES"),
+                reason: "is false: outputs are transient and a broker restart loses those not yet consumed".into(),
+            });
+        }
         let reconnect_attempts = r.number_or("AMQP_RECONNECT_ATTEMPTS", 3u32, 0);
         let reconnect_timeout = r.millis_or("AMQP_RECONNECT_TIMEOUT", 100);
         let process_amqp_drain = r.bool_or("PROCESS_AMQP_DRAIN", true);
@@ -615,7 +655,7 @@ impl RuntimeConfig {
         r.finish()?;
         // `finish` returned Ok, so every required value was present and valid; the
         // placeholders below are unreachable but keep this free of `unwrap`.
-        let (Some(uri), Some(cipher)) = (uri, cipher) else {
+        let (false, Some(cipher)) = (uris.is_empty(), cipher) else {
             return Err(ConfigError {
                 problems: vec![ConfigProblem {
                     var: format!("{PREFIX}AMQP_URI"),
@@ -627,7 +667,7 @@ impl RuntimeConfig {
             identity,
             step_source,
             amqp: AmqpSettings {
-                uri,
+                uris,
                 listen_messages_on,
                 publish_messages_to,
                 data_routing_key,
@@ -657,6 +697,7 @@ impl RuntimeConfig {
             component_path,
             additional_headers,
             log,
+            notices,
         })
     }
 
@@ -930,6 +971,56 @@ impl Reader {
         }
     }
 
+    /// `ELASTICIO_AMQP_URI` then `ELASTICIO_AMQP_URIS`; empty after reporting a problem.
+    fn broker_uris(&mut self) -> Vec<AmqpUri> {
+        let single = self.optional("AMQP_URI");
+        let list = self.optional("AMQP_URIS");
+        if single.is_none() && list.as_deref().is_none_or(|l| l.trim().is_empty()) {
+            self.problem(
+                "AMQP_URI",
+                "is missing (set it, or ELASTICIO_AMQP_URIS for a list of broker nodes)",
+            );
+            return Vec::new();
+        }
+        let mut uris: Vec<AmqpUri> = Vec::new();
+        let mut failed = false;
+        let entries = single.iter().map(|raw| ("AMQP_URI", 0, raw.trim())).chain(
+            list.iter()
+                .flat_map(|l| l.split(|c: char| c == ',' || c.is_whitespace()))
+                .filter(|e| !e.is_empty())
+                .enumerate()
+                .map(|(i, raw)| ("AMQP_URIS", i + 1, raw)),
+        );
+        for (var, position, raw) in entries {
+            let which = if var == "AMQP_URIS" {
+                format!("entry {position} ")
+            } else {
+                String::new()
+            };
+            match AmqpUri::parse(raw) {
+                Ok(uri) if uri.parsed().scheme == AMQPScheme::AMQPS => {
+                    self.problem(
+                        var,
+                        format!(
+                            "{which}uses amqps://, but this build of Deckhand has no TLS support"
+                        ),
+                    );
+                    failed = true;
+                }
+                Ok(uri) => {
+                    if !uris.iter().any(|u| u.expose() == uri.expose()) {
+                        uris.push(uri);
+                    }
+                }
+                Err(reason) => {
+                    self.problem(var, format!("{which}{reason}"));
+                    failed = true;
+                }
+            }
+        }
+        if failed { Vec::new() } else { uris }
+    }
+
     fn identity(&mut self) -> StepIdentity {
         StepIdentity {
             flow_id: self.required_string("FLOW_ID"),
@@ -1133,12 +1224,12 @@ pub(crate) mod tests {
         assert!(c.amqp.process_amqp_drain);
         assert_eq!(c.amqp.publish_retry, PublishRetry::default());
         assert_eq!(c.amqp.publish_retry.delay, Duration::from_millis(100));
-        assert_eq!(
-            c.amqp.publish_retry.max_delay,
-            Duration::from_millis(300_000)
-        );
+        assert_eq!(c.amqp.publish_retry.max_delay, Duration::from_secs(5));
         assert_eq!(c.amqp.publish_retry.attempts, None);
-        assert!(!c.amqp.persistent_messages);
+        // Deliberately not Node's default (see the module docs).
+        assert!(c.amqp.persistent_messages);
+        assert_eq!(c.amqp.uris.len(), 1);
+        assert!(c.notices.is_empty(), "{:?}", c.notices);
         assert_eq!(c.amqp.reconnect_attempts, 3);
         assert_eq!(c.amqp.reconnect_timeout, Duration::from_millis(100));
         assert_eq!(c.amqp.wait_messages_timeout, Duration::from_millis(50));
@@ -1164,6 +1255,60 @@ pub(crate) mod tests {
             "5559edd38968ec0736000003.step_1.1432205514864.update_keys"
         );
         assert!(matches!(c.step_source, StepSource::Api { .. }));
+    }
+
+    /// Issue 13 (3): outputs are persistent unless the platform explicitly asks for transient
+    /// ones (a broker restart otherwise loses outputs whose inputs were already acked).
+    #[test]
+    fn outputs_are_persistent_unless_transient_is_asked_for() {
+        let c = RuntimeConfig::from_vars(base_env()).unwrap();
+        assert!(c.amqp.persistent_messages, "persistent by default");
+        let c = RuntimeConfig::from_vars(with(
+            base_env(),
+            "ELASTICIO_AMQP_PERSISTENT_MESSAGES",
+            "false",
+        ))
+        .unwrap();
+        assert!(!c.amqp.persistent_messages, "transient when asked for");
+        assert!(
+            c.notices
+                .iter()
+                .any(|n| n.var == "ELASTICIO_AMQP_PERSISTENT_MESSAGES"),
+            "a start-up warning: {:?}",
+            c.notices
+        );
+    }
+
+    /// Issue 13 (6): a nacked publish (full queue) backs off for seconds, not minutes.
+    #[test]
+    fn publish_backoff_is_capped_in_seconds() {
+        let c = RuntimeConfig::from_vars(base_env()).unwrap();
+        let retry = c.amqp.publish_retry;
+        assert!(
+            retry.max_delay <= Duration::from_secs(5),
+            "default cap {:?}",
+            retry.max_delay
+        );
+        assert!(retry.delay_after(30) <= Duration::from_secs(5));
+        // Node's five minutes, set explicitly, is held to the ceiling.
+        let c = RuntimeConfig::from_vars(with(
+            base_env(),
+            "ELASTICIO_AMQP_PUBLISH_MAX_RETRY_DELAY",
+            "300000",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.amqp.publish_retry.max_delay,
+            PublishRetry::MAX_DELAY_CEILING
+        );
+        assert!(PublishRetry::MAX_DELAY_CEILING <= Duration::from_secs(60));
+        assert!(
+            c.notices
+                .iter()
+                .any(|n| n.var == "ELASTICIO_AMQP_PUBLISH_MAX_RETRY_DELAY"),
+            "{:?}",
+            c.notices
+        );
     }
 
     #[test]
@@ -1441,11 +1586,11 @@ pub(crate) mod tests {
         }
         assert!(dbg.contains("amqp://guest:***@127.0.0.1:5672/%2f"), "{dbg}");
         assert_eq!(
-            c.amqp.uri.to_string(),
+            c.amqp.uris[0].to_string(),
             "amqp://guest:***@127.0.0.1:5672/%2f"
         );
         assert_eq!(
-            c.amqp.uri.expose(),
+            c.amqp.uris[0].expose(),
             "amqp://guest:s3cr3t-amqp-pw@127.0.0.1:5672/%2f"
         );
 
@@ -1464,6 +1609,51 @@ pub(crate) mod tests {
             "http://u:s3cr3t-amqp-pw@h/",
         ));
         assert!(!e.to_string().contains(AMQP_PASSWORD), "{e}");
+    }
+
+    #[test]
+    fn a_list_of_broker_nodes() {
+        let env = with(
+            base_env(),
+            "ELASTICIO_AMQP_URIS",
+            "amqp://guest:s3cr3t-amqp-pw@127.0.0.1:5672/%2f, amqp://guest:s3cr3t-amqp-pw@10.0.0.2:5672/%2f\n amqp://guest:s3cr3t-amqp-pw@10.0.0.3:5673/%2f",
+        );
+        let c = RuntimeConfig::from_vars(env.clone()).unwrap();
+        let hosts: Vec<String> = c.amqp.uris.iter().map(|u| u.to_string()).collect();
+        assert_eq!(
+            hosts,
+            [
+                "amqp://guest:***@127.0.0.1:5672/%2f",
+                "amqp://guest:***@10.0.0.2:5672/%2f",
+                "amqp://guest:***@10.0.0.3:5673/%2f"
+            ],
+            "ELASTICIO_AMQP_URI first, duplicates once"
+        );
+        // The list alone is enough.
+        let c = RuntimeConfig::from_vars(without(env, "ELASTICIO_AMQP_URI")).unwrap();
+        assert_eq!(c.amqp.uris.len(), 3);
+        // A bad entry is named by its position, without its password.
+        let e = err(with(
+            base_env(),
+            "ELASTICIO_AMQP_URIS",
+            "amqp://u:s3cr3t-amqp-pw@h1:5672/%2f,amqp://u:s3cr3t-amqp-pw@h2:port/%2f",
+        ));
+        assert!(e.mentions("ELASTICIO_AMQP_URIS"), "{e}");
+        assert!(
+            e.to_string().contains("entry 2 is not a valid AMQP URI"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains(AMQP_PASSWORD), "{e}");
+        let e = err(with(
+            base_env(),
+            "ELASTICIO_AMQP_URIS",
+            "amqps://u:p@h1:5671/%2f",
+        ));
+        assert!(e.to_string().contains("entry 1 uses amqps://"), "{e}");
+        // Neither variable: one problem naming both.
+        let e = err(without(base_env(), "ELASTICIO_AMQP_URI"));
+        assert_eq!(e.problems.len(), 1);
+        assert!(e.to_string().contains("ELASTICIO_AMQP_URIS"), "{e}");
     }
 
     #[test]

@@ -1,30 +1,46 @@
-//! In-process deduplication of redelivered messages by `messageId` (reference §4.4,
-//! sailor-nodejs 2.7.7 `lib/messagesDB.js`).
+//! In-process de-duplication of redelivered messages (reference §4.4; sailor-nodejs 2.7.7
+//! `lib/messagesDB.js` does something similar, keyed by `messageId` alone).
 //!
-//! When a connection dies, the broker redelivers every unacknowledged message — including ones
-//! this process is still working on, or finished but could not acknowledge because the channel
-//! was already gone. Running them again would emit their data twice. [`Deduplicator`] keys
-//! deliveries by their `messageId` header:
+//! When a connection dies, the broker redelivers every message it has not seen settled —
+//! including ones this process is still working on, and ones it finished whose ack was sent
+//! but lost with the channel. Running them again would emit their data twice. But a
+//! `messageId` alone does not identify a message: the official Node runtime gives every id-less
+//! output of one input the *same* `messageId`, so distinct messages share ids. Dropping one of
+//! them because its id was seen would lose data, which is worse than a duplicate.
 //!
-//! * a copy arriving while the original is **in flight** is parked; when the original
-//!   finishes, its outcome is applied to *every* copy (Node settles only the newest, which
-//!   leaves an older copy on a still-open channel unsettled);
-//! * a **redelivered** copy (`redelivered` flag set) of a message that was processed but whose
-//!   settlement failed because its channel had died is settled at once with the remembered
-//!   outcome, without processing.
+//! [`Deduplicator`] therefore identifies a message by its `messageId` **and** a hash of its
+//! body (its *fingerprint*), and skips a delivery only when both hold:
 //!
-//! Only redelivered copies use remembered outcomes: a rebound republishes the original
-//! message *with its `messageId`* as a fresh publish, and that copy must run again.
-//! Like Node's, this works within one process only; copies delivered to another replica of
-//! the step are not seen.
+//! * the broker marked it **redelivered** (a fresh publish — e.g. a rebound, which republishes
+//!   the input with its `messageId` — is always run), and
+//! * this process is **running** a message with the same fingerprint (the copy is parked and
+//!   settled with the original's outcome when it finishes), or **completed** one — processed
+//!   it with every output confirmed by the broker — within the memory window (the copy is
+//!   settled at once with the remembered outcome).
+//!
+//! Everything else is processed. Completed messages are remembered whether or not their ack
+//! reached the broker, bounded in count ([`DEFAULT_CAPACITY`]) and age ([`DEFAULT_TTL`]) — about
+//! 80 bytes each. A message whose outputs were *not* all confirmed is not remembered
+//! ([`Deduplicator::finish_unconfirmed`]): running it again is the only way not to lose it.
+//!
+//! Like Node's, this works within one process: a redelivery to another replica of the step is
+//! not recognised (at-least-once across replicas).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, warn};
+use sha2::{Digest, Sha256};
+use tracing::{debug, info};
 
 use crate::runtime::amqp::{Delivery, Outcome, SettleError};
+
+/// Completed messages remembered by default.
+pub const DEFAULT_CAPACITY: usize = 10_000;
+
+/// How long a completed message is remembered by default. Redeliveries after a connection loss
+/// arrive as soon as the consumer has re-subscribed, i.e. within seconds.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// What to do with a delivery.
 // Short-lived and moved once per message; boxing the ticket would only add an allocation.
@@ -33,17 +49,36 @@ use crate::runtime::amqp::{Delivery, Outcome, SettleError};
 pub enum Admission {
     /// Process it, then call [`Deduplicator::finish`] with the ticket.
     Process(Ticket),
-    /// A copy of a message in flight; it will be settled when that one finishes.
+    /// A redelivered copy of a message being processed; it will be settled when that one
+    /// finishes.
     Duplicate,
-    /// A redelivered copy of a message already processed; it was settled with the
-    /// remembered outcome (the result of that settlement is included).
+    /// A redelivered copy of a message already completed; it was settled with the remembered
+    /// outcome (the result of that settlement is included).
     AlreadyProcessed(Outcome, Result<(), SettleError>),
+}
+
+/// Identity of a message: SHA-256 of its `messageId` and body, truncated to 128 bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Fingerprint(u128);
+
+impl Fingerprint {
+    fn of(message_id: &str, body: &[u8]) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update((message_id.len() as u64).to_le_bytes());
+        hasher.update(message_id.as_bytes());
+        hasher.update(body);
+        let digest = hasher.finalize();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        Self(u128::from_le_bytes(first))
+    }
 }
 
 /// A delivery admitted for processing.
 #[derive(Debug)]
 pub struct Ticket {
     message_id: Option<String>,
+    fingerprint: Option<Fingerprint>,
     delivery: Delivery,
 }
 
@@ -53,25 +88,29 @@ impl Ticket {
         &self.delivery
     }
 
-    /// Its `messageId`, if it has one (without one it is never deduplicated).
+    /// Its `messageId`, if it has one (without one it is never de-duplicated).
     pub fn message_id(&self) -> Option<&str> {
         self.message_id.as_deref()
     }
 }
 
-struct Remembered {
-    outcome: Outcome,
-    at: Instant,
+#[derive(Default)]
+struct Running {
+    /// Deliveries of this fingerprint being processed (distinct fresh publishes of identical
+    /// content each run).
+    count: usize,
+    /// Redelivered copies waiting for the outcome.
+    parked: Vec<Delivery>,
 }
 
 #[derive(Default)]
 struct State {
-    in_flight: HashMap<String, Vec<Delivery>>,
-    remembered: HashMap<String, Remembered>,
-    order: VecDeque<String>,
+    running: HashMap<Fingerprint, Running>,
+    completed: HashMap<Fingerprint, (Outcome, Instant)>,
+    order: VecDeque<(Fingerprint, Instant)>,
 }
 
-/// Tracks in-flight and unsettled messages by `messageId`.
+/// Tracks running and recently completed messages by `messageId` and content.
 pub struct Deduplicator {
     state: Mutex<State>,
     capacity: usize,
@@ -82,20 +121,20 @@ impl std::fmt::Debug for Deduplicator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = self.lock();
         f.debug_struct("Deduplicator")
-            .field("in_flight", &state.in_flight.len())
-            .field("remembered", &state.remembered.len())
+            .field("running", &state.running.len())
+            .field("completed", &state.completed.len())
             .finish()
     }
 }
 
 impl Default for Deduplicator {
     fn default() -> Self {
-        Self::new(10_000, Duration::from_secs(3600))
+        Self::new(DEFAULT_CAPACITY, DEFAULT_TTL)
     }
 }
 
 impl Deduplicator {
-    /// Remembers at most `capacity` unsettled outcomes, each for at most `ttl`.
+    /// Remembers at most `capacity` completed messages, each for at most `ttl`.
     pub fn new(capacity: usize, ttl: Duration) -> Self {
         Self {
             state: Mutex::new(State::default()),
@@ -114,105 +153,139 @@ impl Deduplicator {
         let Some(id) = delivery.message_id() else {
             return Admission::Process(Ticket {
                 message_id: None,
+                fingerprint: None,
                 delivery,
             });
         };
-        let remembered = {
+        let fingerprint = Fingerprint::of(&id, &delivery.incoming.body);
+        let completed = {
             let mut state = self.lock();
-            if let Some(copies) = state.in_flight.get_mut(&id) {
-                warn!(message_id = %id, "duplicate delivery of a message in flight; it will be settled with the original");
-                copies.push(delivery);
-                return Admission::Duplicate;
-            }
-            let remembered = if delivery.redelivered {
+            let completed = if delivery.redelivered {
+                if let Some(running) = state.running.get_mut(&fingerprint) {
+                    info!(message_id = %id, "redelivered copy of a message being processed; it will be settled with the original");
+                    running.parked.push(delivery);
+                    return Admission::Duplicate;
+                }
                 state
-                    .remembered
-                    .remove(&id)
-                    .filter(|r| r.at.elapsed() <= self.ttl)
+                    .completed
+                    .get(&fingerprint)
+                    .filter(|(_, at)| at.elapsed() <= self.ttl)
+                    .map(|(outcome, _)| *outcome)
             } else {
                 None
             };
-            if remembered.is_none() {
-                state.in_flight.insert(id.clone(), Vec::new());
+            if completed.is_none() {
+                state.running.entry(fingerprint).or_default().count += 1;
             }
-            remembered
+            completed
         };
-        match remembered {
-            Some(r) => {
-                warn!(message_id = %id, outcome = ?r.outcome, "redelivered message was already processed; settling without processing");
-                let result = delivery.settle(r.outcome).await;
+        match completed {
+            Some(outcome) => {
+                info!(message_id = %id, ?outcome, "redelivered message was already processed; settling it without running it again");
+                let result = delivery.settle(outcome).await;
                 if let Err(e) = &result {
-                    // Its channel died too: keep the outcome for the next redelivery.
                     debug!(message_id = %id, error = %e, "settling the redelivered copy failed");
-                    if matches!(e, SettleError::ChannelClosed) {
-                        self.remember(id, r.outcome);
-                    }
                 }
-                Admission::AlreadyProcessed(r.outcome, result)
+                Admission::AlreadyProcessed(outcome, result)
             }
             None => Admission::Process(Ticket {
                 message_id: Some(id),
+                fingerprint: Some(fingerprint),
                 delivery,
             }),
         }
     }
 
-    /// Settles the processed delivery and every copy that arrived meanwhile. Returns `Ok` if
-    /// at least one of them reached the broker; otherwise the outcome is remembered for the
-    /// redelivery and the original's error is returned.
+    /// Settles a delivery whose processing is complete — every output confirmed by the broker
+    /// — and every redelivered copy that arrived meanwhile, and remembers it so that a later
+    /// redelivery (after a lost ack) is settled without running again. Returns `Ok` if at
+    /// least one of them reached the broker, else the original's error.
     pub async fn finish(&self, ticket: Ticket, outcome: Outcome) -> Result<(), SettleError> {
-        let copies = match &ticket.message_id {
-            Some(id) => self.lock().in_flight.remove(id).unwrap_or_default(),
+        self.settle(ticket, outcome, true).await
+    }
+
+    /// As [`finish`](Self::finish) for a delivery whose outputs were *not* all confirmed (a
+    /// publish failed after its retries): it is not remembered, so a redelivery runs again.
+    pub async fn finish_unconfirmed(
+        &self,
+        ticket: Ticket,
+        outcome: Outcome,
+    ) -> Result<(), SettleError> {
+        self.settle(ticket, outcome, false).await
+    }
+
+    async fn settle(
+        &self,
+        ticket: Ticket,
+        outcome: Outcome,
+        confirmed: bool,
+    ) -> Result<(), SettleError> {
+        let copies = match ticket.fingerprint {
+            Some(fingerprint) => {
+                let mut state = self.lock();
+                let copies = match state.running.get_mut(&fingerprint) {
+                    Some(running) if running.count > 1 => {
+                        running.count -= 1;
+                        std::mem::take(&mut running.parked)
+                    }
+                    Some(_) => state
+                        .running
+                        .remove(&fingerprint)
+                        .map(|r| r.parked)
+                        .unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                if confirmed {
+                    self.remember(&mut state, fingerprint, outcome);
+                }
+                copies
+            }
             None => Vec::new(),
         };
         let first = ticket.delivery.settle(outcome).await;
         let mut any_ok = first.is_ok();
-        let mut channel_closed = matches!(first, Err(SettleError::ChannelClosed));
         for copy in &copies {
             match copy.settle(outcome).await {
                 Ok(()) => any_ok = true,
-                Err(SettleError::ChannelClosed) => channel_closed = true,
-                Err(e) => debug!(error = %e, "settling a duplicate copy failed"),
+                Err(e) => debug!(error = %e, "settling a redelivered copy failed"),
             }
         }
-        if any_ok {
-            return Ok(());
-        }
-        if channel_closed && let Some(id) = ticket.message_id {
-            self.remember(id, outcome);
-        }
-        first
+        if any_ok { Ok(()) } else { first }
     }
 
-    /// Number of messages in flight.
+    /// Number of distinct messages being processed.
     pub fn in_flight(&self) -> usize {
-        self.lock().in_flight.len()
+        self.lock().running.len()
     }
 
-    fn remember(&self, id: String, outcome: Outcome) {
-        let mut state = self.lock();
+    /// Number of completed messages remembered.
+    pub fn remembered(&self) -> usize {
+        self.lock().completed.len()
+    }
+
+    fn remember(&self, state: &mut State, fingerprint: Fingerprint, outcome: Outcome) {
         let now = Instant::now();
-        while let Some(oldest) = state.order.front().cloned() {
-            let expired = state
-                .remembered
-                .get(&oldest)
-                .is_none_or(|r| now.duration_since(r.at) > self.ttl);
-            if expired || state.remembered.len() >= self.capacity {
-                state.order.pop_front();
-                state.remembered.remove(&oldest);
-            } else {
+        while let Some(&(oldest, at)) = state.order.front() {
+            let full =
+                state.completed.len() >= self.capacity || state.order.len() >= 2 * self.capacity;
+            if !full && now.duration_since(at) <= self.ttl {
                 break;
             }
+            state.order.pop_front();
+            // Only if this queue entry is the latest for the fingerprint.
+            if state.completed.get(&oldest).is_some_and(|(_, t)| *t == at) {
+                state.completed.remove(&oldest);
+            }
         }
-        state.order.push_back(id.clone());
-        state.remembered.insert(id, Remembered { outcome, at: now });
+        state.order.push_back((fingerprint, now));
+        state.completed.insert(fingerprint, (outcome, now));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::amqp::test_support::delivery;
+    use crate::runtime::amqp::test_support::{delivery, delivery_with_body};
     use std::sync::{Arc, Mutex as StdMutex};
 
     type Log = Arc<StdMutex<Vec<(u64, Outcome)>>>;
@@ -276,9 +349,14 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(entries(&l), vec![(3, Outcome::Ack)]);
-        // The memory is one-shot: a later copy is processed again.
+        // A later redelivery (its ack lost again) is recognised too.
         assert!(matches!(
             dedup.admit(delivery(4, Some("a"), true, &l, false)).await,
+            Admission::AlreadyProcessed(Outcome::Ack, Ok(()))
+        ));
+        // A fresh publish with the same id and content (a rebound) runs.
+        assert!(matches!(
+            dedup.admit(delivery(5, Some("a"), false, &l, false)).await,
             Admission::Process(_)
         ));
     }
@@ -297,6 +375,56 @@ mod tests {
             dedup.admit(delivery(2, Some("a"), false, &l, false)).await,
             Admission::Process(_)
         ));
+    }
+
+    /// Issue 13 (1): two distinct messages sharing a `messageId` (a Node step splitting one
+    /// input gives every id-less output the same id) are both run.
+    #[tokio::test]
+    async fn distinct_messages_sharing_an_id_are_both_processed() {
+        let dedup = Deduplicator::default();
+        let l = log();
+        let first = dedup
+            .admit(delivery_with_body(1, Some("a"), b"one", false, &l, false))
+            .await;
+        let second = dedup
+            .admit(delivery_with_body(2, Some("a"), b"two", false, &l, false))
+            .await;
+        let (Admission::Process(first), Admission::Process(second)) = (first, second) else {
+            panic!("both distinct messages must be processed");
+        };
+        // Even a redelivered copy of a *different* content is run.
+        let third = dedup
+            .admit(delivery_with_body(3, Some("a"), b"three", true, &l, false))
+            .await;
+        let Admission::Process(third) = third else {
+            panic!("a redelivery of unseen content must be processed");
+        };
+        dedup.finish(first, Outcome::Ack).await.unwrap();
+        dedup.finish(second, Outcome::Ack).await.unwrap();
+        dedup.finish(third, Outcome::Ack).await.unwrap();
+        assert_eq!(
+            entries(&l),
+            vec![(1, Outcome::Ack), (2, Outcome::Ack), (3, Outcome::Ack)]
+        );
+    }
+
+    /// Issue 13 (2): the ack was sent, but lost with the channel; the broker redelivers the
+    /// message after the reconnect. It must be acked without running again.
+    #[tokio::test]
+    async fn redelivery_after_a_lost_ack_is_settled_without_processing() {
+        let dedup = Deduplicator::default();
+        let l = log();
+        let Admission::Process(t) = dedup.admit(delivery(1, Some("a"), false, &l, false)).await
+        else {
+            panic!("must process");
+        };
+        // From the client's side the ack went out fine.
+        dedup.finish(t, Outcome::Ack).await.unwrap();
+        match dedup.admit(delivery(2, Some("a"), true, &l, false)).await {
+            Admission::AlreadyProcessed(Outcome::Ack, Ok(())) => {}
+            other => panic!("the redelivered copy ran again: {other:?}"),
+        }
+        assert_eq!(entries(&l), vec![(1, Outcome::Ack), (2, Outcome::Ack)]);
     }
 
     #[tokio::test]

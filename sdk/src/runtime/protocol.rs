@@ -93,12 +93,17 @@ pub mod header {
     pub const ACCOUNT_ID: &str = "accountId";
     /// Token generation of an `updateKeys` event (Deckhand addition, number).
     pub const GENERATION: &str = "generation";
+    /// Set by quorum queues: how many times the message was returned to the queue.
+    pub const DELIVERY_COUNT: &str = "x-delivery-count";
 }
 
 /// Content type of every publish.
 pub const CONTENT_TYPE: &str = "application/json";
 /// Content encoding of every publish.
 pub const CONTENT_ENCODING: &str = "utf8";
+/// Most of the input an error event carries: a longer `errorInput` is replaced by an
+/// encrypted marker with the input's beginning (see [`OutgoingContext::publications`]).
+pub const ERROR_INPUT_LIMIT: usize = 64 * 1024;
 /// Message of the error that replaces a rebound over the limit.
 pub const REBOUND_LIMIT_EXCEEDED: &str = "Rebound limit exceeded";
 
@@ -883,7 +888,12 @@ impl OutgoingContext {
         let mut envelope = Map::new();
         envelope.insert("error".into(), Value::String(encrypted_error.clone()));
         if !self.incoming.body.is_empty() {
-            envelope.insert("errorInput".into(), Value::String(self.error_input()));
+            if self.error_input_len() <= ERROR_INPUT_LIMIT {
+                envelope.insert("errorInput".into(), Value::String(self.error_input()));
+            } else {
+                envelope.insert("errorInput".into(), Value::String(self.cut_error_input()));
+                envelope.insert("errorInputTruncated".into(), Value::Bool(true));
+            }
         }
         let mut publications = vec![Publication {
             kind: PublicationKind::Error,
@@ -918,6 +928,46 @@ impl OutgoingContext {
         Ok(publications)
     }
 
+    /// Length of [`error_input`](Self::error_input), without building it.
+    fn error_input_len(&self) -> usize {
+        match self.incoming.protocol_version() {
+            ProtocolVersion::V1 => self.incoming.body.len(),
+            ProtocolVersion::V2 => self.incoming.body.len().div_ceil(3) * 4,
+        }
+    }
+
+    /// The `errorInput` of an input too large to carry whole (Deckhand deviation: Node copies
+    /// any size, so a 20 MB input gave 20 MB error events): the base64 ciphertext, at most
+    /// [`ERROR_INPUT_LIMIT`] bytes, of `{"errorInputTruncated": true, "originalBytes": <size of
+    /// the received body>, "id": <message id>, "head": <the beginning of the decoded message as
+    /// JSON text>}`. The envelope also gets `"errorInputTruncated": true`, readable without the
+    /// key.
+    fn cut_error_input(&self) -> String {
+        let text = serde_json::to_string(&self.input).unwrap_or_default();
+        // base64 of the ciphertext within the limit; PKCS#7 adds up to 16 bytes.
+        let budget = ERROR_INPUT_LIMIT / 4 * 3 - 16;
+        let mut keep = text.len().min(budget);
+        loop {
+            let mut cut = keep;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let marker = serde_json::json!({
+                "errorInputTruncated": true,
+                "originalBytes": self.incoming.body.len(),
+                "id": self.input.id,
+                "head": &text[..cut],
+            });
+            let plain = serde_json::to_vec(&marker).unwrap_or_default();
+            if plain.len() <= budget || cut == 0 {
+                return self.cfg.cipher.encrypt_base64(&plain);
+            }
+            // Escaping makes the output grow at least as fast as the input: dropping the
+            // overshoot (plus a margin) fits.
+            keep = cut.saturating_sub(plain.len() - budget + 16);
+        }
+    }
+
     /// `errorInput` is always base64 ciphertext: a v1 body already is; a v2 body is the raw
     /// ciphertext, whose base64 is what Node's decrypt-then-re-encrypt yields (static IV).
     fn error_input(&self) -> String {
@@ -948,7 +998,13 @@ impl OutgoingContext {
         if iteration > cfg.rebound.limit {
             return self.error(&ErrorInfo::new(REBOUND_LIMIT_EXCEEDED), None);
         }
-        let mut headers = original.clone();
+        // Without the broker's count of this delivery's returns: the rebound is a new message.
+        let mut headers = FieldTable::default();
+        for (key, value) in original {
+            if key.as_str() != header::DELIVERY_COUNT {
+                headers.insert(key.clone(), value.clone());
+            }
+        }
         set(&mut headers, header::END, js_number(now_ms));
         set(&mut headers, header::REBOUND_REASON, js_string(reason));
         set(
@@ -1371,7 +1427,8 @@ mod tests {
             p.properties.content_encoding().as_ref().map(|v| v.as_str()),
             Some("utf8")
         );
-        assert_eq!(*p.properties.delivery_mode(), Some(1));
+        // Persistent by default (a deliberate difference from Node).
+        assert_eq!(*p.properties.delivery_mode(), Some(2));
         assert_eq!(*p.properties.headers(), None);
         assert_eq!(*p.properties.expiration(), None);
         // v1: the body is base64 text.
@@ -1407,11 +1464,11 @@ mod tests {
     }
 
     #[test]
-    fn data_in_protocol_v2_and_persistent_mode() {
+    fn data_in_protocol_v2_and_transient_mode() {
         let env = with(
             with(base_env(), "ELASTICIO_PROTOCOL_VERSION", "2"),
             "ELASTICIO_AMQP_PERSISTENT_MESSAGES",
-            "true",
+            "false",
         );
         let c = ctx_with(cfg_from(env), default_headers(), StepFlags::default());
         let p = &c
@@ -1421,7 +1478,7 @@ mod tests {
             p.header("protocolVersion"),
             Some(&AMQPValue::ShortShortInt(2))
         );
-        assert_eq!(*p.properties.delivery_mode(), Some(2));
+        assert_eq!(*p.properties.delivery_mode(), Some(1));
         let sent: Message = c
             .cfg
             .cipher
@@ -1549,6 +1606,58 @@ mod tests {
                 .unwrap()
                 .len(),
             1
+        );
+    }
+
+    /// Issue 13 (4): a 20 MB input must not be copied whole into its error event.
+    #[test]
+    fn error_input_of_a_large_input_is_cut_and_marked() {
+        let cfg = cfg();
+        let big = "x".repeat(3 * 1024 * 1024);
+        let message: Message =
+            serde_json::from_value(json!({"id": "big-1", "body": {"data": big}})).unwrap();
+        let body = cfg.cipher.encrypt_json(&message, ProtocolVersion::V1);
+        let incoming = Incoming::new(
+            BasicProperties::default().with_headers(default_headers()),
+            body.clone(),
+        );
+        let input = incoming.decode(&cfg.cipher, cfg.input_format).unwrap();
+        let c = OutgoingContext::with_start(
+            cfg.clone(),
+            incoming,
+            input,
+            StepFlags::default(),
+            START,
+            OUT_ID.into(),
+        );
+        let pubs = c
+            .publications_at(Outgoing::Error(ErrorInfo::new("too big")), END)
+            .unwrap();
+        let envelope: Map<String, Value> = serde_json::from_slice(&pubs[0].body).unwrap();
+        let error_input = envelope["errorInput"].as_str().unwrap();
+        assert!(
+            error_input.len() <= ERROR_INPUT_LIMIT,
+            "errorInput is {} bytes",
+            error_input.len()
+        );
+        assert!(pubs[0].body.len() < ERROR_INPUT_LIMIT + 1024);
+        assert_eq!(envelope["errorInputTruncated"], json!(true));
+        let cut: Value = cfg
+            .cipher
+            .decrypt_json(error_input.as_bytes(), ProtocolVersion::V1)
+            .unwrap();
+        assert_eq!(cut["errorInputTruncated"], json!(true));
+        assert_eq!(cut["originalBytes"], json!(body.len()));
+        assert_eq!(cut["id"], json!("big-1"));
+        let head = cut["head"].as_str().unwrap();
+        assert!(
+            head.starts_with(r#"{"id":"big-1","body":{"data":"xxx"#),
+            "{head:.40}"
+        );
+        assert!(
+            head.len() > 40 * 1024,
+            "keeps most of the budget: {}",
+            head.len()
         );
     }
 

@@ -296,9 +296,28 @@ struct AmqpEmitter {
     publisher: Publisher,
     errors_published: AtomicUsize,
     publish_failed: AtomicBool,
+    /// Emit failures already published as error events (`EmitError` texts): when the
+    /// component returns such an error, the failure is not reported a second time.
+    reported_failures: std::sync::Mutex<Vec<String>>,
 }
 
 impl AmqpEmitter {
+    fn new(ctx: OutgoingContext, publisher: Publisher) -> Self {
+        Self {
+            ctx,
+            publisher,
+            errors_published: AtomicUsize::new(0),
+            publish_failed: AtomicBool::new(false),
+            reported_failures: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn reported_failures(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.reported_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn publish(&self, event: Outgoing) -> Result<(), String> {
         let (publications, failure) = match self.ctx.publications(event) {
             Ok(p) => (p, None),
@@ -335,6 +354,14 @@ impl Emitter for AmqpEmitter {
         let name = event.name();
         let outgoing = match event {
             Event::Data(message) => Outgoing::Data(*message),
+            // The component passed on the error its failed emit returned, which was already
+            // published as an error event: one failure, one error event.
+            Event::Error(error)
+                if error.name == "EmitError"
+                    && self.reported_failures().contains(&error.message) =>
+            {
+                return Ok(());
+            }
             Event::Error(error) => Outgoing::Error(error),
             Event::Snapshot(snapshot) => Outgoing::Snapshot(snapshot),
             Event::Rebound { reason } => Outgoing::Rebound { reason },
@@ -342,9 +369,16 @@ impl Emitter for AmqpEmitter {
             // Keys go through the session's keys sink; the end is the settlement.
             Event::UpdateKeys(_) | Event::End => return Ok(()),
         };
-        self.publish(outgoing).await.map_err(|reason| EmitError {
-            event: name,
-            reason,
+        let protocol_failure = !matches!(outgoing, Outgoing::Error(_));
+        self.publish(outgoing).await.map_err(|reason| {
+            let error = EmitError {
+                event: name,
+                reason,
+            };
+            if protocol_failure && !self.publish_failed.load(Ordering::SeqCst) {
+                self.reported_failures().push(error.to_string());
+            }
+            error
         })
     }
 }
@@ -446,6 +480,9 @@ impl<C: Connector> Worker<C> {
         descriptor: &Value,
         options: TransportOptions,
     ) -> Result<Self, StartError> {
+        for notice in &cfg.notices {
+            tracing::warn!(variable = %notice.var, "{}", notice.reason);
+        }
         let step = load_step(&cfg.step_source, &cfg)
             .await
             .map_err(StartError::Step)?;
@@ -596,11 +633,10 @@ impl<C: Connector> Worker<C> {
             .saturating_sub(shutdown_started.elapsed())
             .max(Duration::from_secs(1));
         let flushed = self.flush_keys(flush_budget).await;
-        if drained.is_ok() {
-            consumer.close().await;
-        } else {
-            consumer.cancel().await;
-        }
+        // Closed explicitly (unsettled deliveries go back to the queue): left to the drop of its
+        // last handle, the channel's close would race the connection's, and lapin would log an
+        // ERROR on every graceful stop.
+        consumer.close().await;
         self.transport.close().await;
         tracing::info!("worker stopped");
         if flushed { EXIT_OK } else { EXIT_FAILURE }
@@ -665,31 +701,43 @@ impl<C: Connector> Job<C> {
             "message",
             messageId = incoming.message_id().unwrap_or_default(),
         );
-        let outcome = self.process(incoming).instrument(span.clone()).await;
-        if let Err(e) = self.dedup.finish(ticket, outcome).await {
+        if ticket.delivery().redelivered {
+            span.in_scope(|| {
+                tracing::info!(
+                    delivery_count = ticket.delivery().delivery_count,
+                    "processing a redelivered message"
+                )
+            });
+        }
+        let (outcome, confirmed) = self.process(incoming).instrument(span.clone()).await;
+        let settled = if confirmed {
+            self.dedup.finish(ticket, outcome).await
+        } else {
+            self.dedup.finish_unconfirmed(ticket, outcome).await
+        };
+        if let Err(e) = settled {
             span.in_scope(|| {
                 tracing::warn!(error = %e, "could not settle the delivery; the broker will redeliver it")
             });
         }
     }
 
-    async fn process(&self, incoming: Incoming) -> Outcome {
+    /// The outcome, and whether every publish of the processing was confirmed.
+    async fn process(&self, incoming: Incoming) -> (Outcome, bool) {
         let decoded = incoming.decode(&self.cfg.cipher, self.cfg.input_format);
         let (message, decode_error) = match decoded {
             Ok(message) => (message, None),
             Err(e) => (Message::new(Value::Object(Map::new())), Some(e)),
         };
-        let emitter = Arc::new(AmqpEmitter {
-            ctx: OutgoingContext::new(
+        let emitter = Arc::new(AmqpEmitter::new(
+            OutgoingContext::new(
                 self.cfg.clone(),
                 incoming,
                 message.clone(),
                 self.flags.clone(),
             ),
-            publisher: self.publisher.clone(),
-            errors_published: AtomicUsize::new(0),
-            publish_failed: AtomicBool::new(false),
-        });
+            self.publisher.clone(),
+        ));
         if let Some(e) = decode_error {
             tracing::warn!(error = %e, "input message rejected");
             let error = ErrorInfo {
@@ -699,8 +747,9 @@ impl<C: Connector> Job<C> {
             };
             if let Err(e) = emitter.publish(Outgoing::Error(error)).await {
                 tracing::error!(error = %e, "could not publish the error event");
+                return (Outcome::Reject, false);
             }
-            return Outcome::Reject;
+            return (Outcome::Reject, true);
         }
         let outcome = self
             .session
@@ -708,12 +757,12 @@ impl<C: Connector> Job<C> {
             .await;
         if emitter.publish_failed.load(Ordering::SeqCst) {
             tracing::error!("a publish failed after its retries; rejecting the input message");
-            return Outcome::Reject;
+            return (Outcome::Reject, false);
         }
         if outcome.errors > 0 || emitter.errors_published.load(Ordering::SeqCst) > 0 {
-            Outcome::Reject
+            (Outcome::Reject, true)
         } else {
-            Outcome::Ack
+            (Outcome::Ack, true)
         }
     }
 }

@@ -1,0 +1,40 @@
+//! Token endpoint responses: the JSON body a provider returns, read as Deckhand reads it —
+//! a JSON object (the token set, whose `access_token` may be a JWT whose `exp` is read when
+//! there is no `expires_in`) or an OAuth2 error answer — and the stored form it becomes.
+//! Secrets must never show in `Debug`.
+#![no_main]
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use deckhand::credentials::TokenSet;
+use libfuzzer_sys::fuzz_target;
+use serde_json::{Map, Value};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&clock, body)) = data.split_first() else {
+        return;
+    };
+    // An OAuth2 error answer (400/401/403) is parsed by the oauth2 crate's standard type.
+    let _ = serde_json::from_slice::<oauth2::basic::BasicErrorResponse>(body);
+    let Ok(map) = serde_json::from_slice::<Map<String, Value>>(body) else {
+        return;
+    };
+    let received_at = UNIX_EPOCH + Duration::from_secs(u64::from(clock) * 86_400 * 200);
+    let Ok(token) = TokenSet::from_response(map, received_at) else {
+        return;
+    };
+    let debug = format!("{token:?}");
+    if let Some(secret) = token.access_token() {
+        let secret = secret.expose();
+        if secret.len() >= 8 {
+            assert!(!debug.contains(secret), "the access token leaked into Debug");
+        }
+    }
+    let _ = token.expires_at();
+    let stored = TokenSet::from_stored(token.to_keys());
+    assert_eq!(
+        stored.access_token().map(|s| s.expose().to_owned()),
+        token.access_token().map(|s| s.expose().to_owned())
+    );
+    let _ = stored.merged_with(token);
+});
