@@ -75,6 +75,17 @@ pub enum AuthError {
     /// The token endpoint or grant is misconfigured.
     #[error("invalid OAuth2 configuration: {0}")]
     Config(String),
+    /// A refresh was interrupted after the provider may have rotated the refresh token (its
+    /// holder died, or the answer was lost), and the provider refused the retry with the old
+    /// one: the rotated token is lost and the user must re-authorize. Permanent, like
+    /// [`ReauthRequired`](Self::ReauthRequired), but says what happened.
+    #[error("rotation lost at generation {generation}: {detail}; re-authorization required")]
+    RotationLost {
+        /// The generation whose refresh token was being spent.
+        generation: u64,
+        /// What happened (no secrets).
+        detail: String,
+    },
 }
 
 impl AuthError {
@@ -89,7 +100,10 @@ impl AuthError {
 
     /// `true` when the user has to re-authorize the credential.
     pub fn is_reauth_required(&self) -> bool {
-        matches!(self, Self::ReauthRequired { .. } | Self::NoRefreshToken)
+        matches!(
+            self,
+            Self::ReauthRequired { .. } | Self::NoRefreshToken | Self::RotationLost { .. }
+        )
     }
 
     /// The failure kind as a short label for metrics and logs.
@@ -101,6 +115,7 @@ impl AuthError {
             Self::MalformedTokenResponse { .. } => "malformed",
             Self::KeysNotPersisted { .. } => "sink",
             Self::RejectedAfterRefresh { .. } | Self::NotReplayable { .. } => "rejected",
+            Self::RotationLost { .. } => "rotation_lost",
         }
     }
 }

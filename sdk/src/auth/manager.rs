@@ -9,6 +9,7 @@ use crate::credentials::{Credentials, Secret};
 
 use super::endpoint::{Failed, Issued};
 use super::metrics::Counters;
+use super::store::{StoreBinding, StoreRefresh};
 use super::{
     AuthError, AuthMetrics, Clock, KeysSink, KeysUpdate, Proactive, Strategy, SystemClock,
     TokenEndpoint,
@@ -140,6 +141,8 @@ struct Inner {
     counters: Counters,
     stale_retry_interval: Duration,
     sink_timeout: Duration,
+    /// Set when the credential is shared through a credential store: refreshes go through it.
+    store: Option<StoreBinding>,
 }
 
 struct State {
@@ -234,6 +237,7 @@ pub struct TokenManagerBuilder {
     clock: Arc<dyn Clock>,
     generation: u64,
     sink_timeout: Duration,
+    store: Option<StoreBinding>,
 }
 
 impl TokenManagerBuilder {
@@ -261,6 +265,27 @@ impl TokenManagerBuilder {
         self
     }
 
+    /// Shares the credential with other processes through `store`, as `account`: every
+    /// refresh then takes the store's lease, and rotations are committed to the store (whose
+    /// outbox publishes the `updateKeys`) instead of going to the keys sink. Set the initial
+    /// [`generation`](Self::generation) to the stored one. See [`super::store`].
+    pub fn store(
+        mut self,
+        store: std::sync::Arc<dyn super::CredentialStore>,
+        account: super::AccountId,
+        holder: super::HolderId,
+    ) -> Self {
+        // Long enough to outlast one holder's whole lease (and take it over), bounded.
+        let wait_bound = store.lease_duration() * 2 + Duration::from_secs(5);
+        self.store = Some(StoreBinding {
+            store,
+            account,
+            holder,
+            wait_bound,
+        });
+        self
+    }
+
     /// Builds the manager.
     pub fn build(self) -> TokenManager {
         let current = Current::new(self.credentials, self.generation, &self.strategy);
@@ -283,6 +308,7 @@ impl TokenManagerBuilder {
                 counters: Counters::default(),
                 stale_retry_interval: Duration::from_secs(5),
                 sink_timeout: self.sink_timeout,
+                store: self.store,
             }),
         }
     }
@@ -304,6 +330,7 @@ impl TokenManager {
             clock: Arc::new(SystemClock),
             generation: 0,
             sink_timeout: Duration::from_secs(60),
+            store: None,
         }
     }
 
@@ -562,9 +589,13 @@ impl Inner {
         };
 
         let started = Instant::now();
-        let (outcome, token_requests) = match pending {
-            Some(update) => (self.persist(update).await, 0),
-            None => self.fetch_and_persist(&current, reason).await,
+        let (outcome, token_requests) = match (&self.store, pending) {
+            (Some(store), pending) => {
+                self.refresh_through_store(store, &current, pending, reason)
+                    .await
+            }
+            (None, Some(update)) => (self.persist(update).await, 0),
+            (None, None) => self.fetch_and_persist(&current, reason).await,
         };
         let duration_ms = started.elapsed().as_millis() as u64;
 
@@ -658,6 +689,50 @@ impl Inner {
         // token is not lost.
         self.write().pending = Some(update.clone());
         (self.persist(update).await, attempts)
+    }
+
+    /// The refresh when the credential lives in a store: the store's lease, re-read and fenced
+    /// commit replace the token request and the sink (the store's outbox publishes the update).
+    async fn refresh_through_store(
+        &self,
+        store: &StoreBinding,
+        current: &Current,
+        pending: Option<KeysUpdate>,
+        reason: RefreshReason,
+    ) -> (Result<Arc<Current>, AuthError>, u32) {
+        let (outcome, token_requests) = match pending {
+            Some(update) => (store.commit_unpersisted(update).await, 0),
+            None => {
+                let clock = self.clock.as_ref();
+                store
+                    .refresh(
+                        &self.endpoint,
+                        clock,
+                        &self.counters,
+                        current.generation,
+                        reason,
+                    )
+                    .await
+            }
+        };
+        let (credentials, generation) = match outcome {
+            Ok(StoreRefresh::Adopted(stored)) => (stored.credentials, stored.generation),
+            Ok(StoreRefresh::Committed(update)) => {
+                self.counters.refreshed();
+                (update.credentials, update.generation)
+            }
+            Ok(StoreRefresh::Unpersisted { update, error }) => {
+                // Never used, never dropped: the next caller commits it first.
+                self.write().pending = Some(update);
+                return (Err(error), token_requests);
+            }
+            Err(error) => return (Err(error), token_requests),
+        };
+        let fresh = Arc::new(Current::new(credentials, generation, &self.strategy));
+        let mut state = self.write();
+        state.current = fresh.clone();
+        state.pending = None;
+        (Ok(fresh), token_requests)
     }
 
     async fn persist(&self, update: KeysUpdate) -> Result<Arc<Current>, AuthError> {
