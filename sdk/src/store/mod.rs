@@ -19,7 +19,7 @@
 //! # Example
 //! ```no_run
 //! use std::sync::Arc;
-//! use deckhand::auth::{AccountId, HolderId, MemorySink, TokenEndpoint, TokenManager};
+//! use deckhand::auth::{AccountId, CredentialStore, HolderId, MemorySink, TokenEndpoint, TokenManager};
 //! use deckhand::credentials::Credentials;
 //! use deckhand::store::{KeyRing, PgCredentialStore, StoreOptions};
 //! use serde_json::json;
