@@ -7,6 +7,7 @@
 //! statistics.
 
 mod auth_overhead;
+mod fleet;
 mod loopback;
 mod runtime_throughput;
 mod stats;
@@ -37,6 +38,13 @@ enum Command {
     /// process) vs a minimal lapin consume→publish loop, interleaved; plus peak RSS and
     /// start-up time. Needs RabbitMQ.
     RuntimeThroughput(runtime_throughput::Args),
+    /// N worker processes x M accounts sharing credentials, SIGKILLs, a SIGSTOP and held-back
+    /// token responses: refreshes, invalid_grant and lost rotations with the PostgreSQL
+    /// credential store vs per-process gates. Needs PostgreSQL.
+    Fleet(fleet::Args),
+    /// One worker process of `fleet` (started by it).
+    #[command(hide = true)]
+    FleetWorker(fleet::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +53,8 @@ fn main() -> ExitCode {
         Command::TokenStorm(args) => token_storm::run(args),
         Command::AuthOverhead(args) => auth_overhead::run(args),
         Command::RuntimeThroughput(args) => runtime_throughput::run(args),
+        Command::Fleet(args) => fleet::run(args),
+        Command::FleetWorker(args) => fleet::run_worker(args),
     };
     match result {
         Ok(code) => code,

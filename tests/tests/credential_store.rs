@@ -366,8 +366,11 @@ impl CredentialStore for RivalCommitsFirst {
     async fn release(&self, lease: &Lease, how: Release) -> Result<(), StoreError> {
         self.inner.release(lease, how).await
     }
-    async fn wait_for_change(&self, account: &AccountId, timeout: Duration) {
-        self.inner.wait_for_change(account, timeout).await
+    fn change_mark(&self, account: &AccountId) -> u64 {
+        self.inner.change_mark(account)
+    }
+    async fn wait_for_change(&self, account: &AccountId, since: u64, timeout: Duration) {
+        self.inner.wait_for_change(account, since, timeout).await
     }
     fn lease_duration(&self) -> Duration {
         self.inner.lease_duration()

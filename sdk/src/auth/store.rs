@@ -310,8 +310,14 @@ pub trait CredentialStore: Send + Sync + 'static {
     /// Gives the lease back without a commit (only if it is still `lease`).
     async fn release(&self, lease: &Lease, how: Release) -> Result<(), StoreError>;
 
-    /// Returns when the account may have changed (a notification), or after `timeout`.
-    async fn wait_for_change(&self, account: &AccountId, timeout: Duration);
+    /// A mark of the changes announced so far for `account`; pass it to
+    /// [`wait_for_change`](Self::wait_for_change) so a change announced in between is not
+    /// missed. Take it before looking at the store.
+    fn change_mark(&self, account: &AccountId) -> u64;
+
+    /// Returns once a change of the account was announced after `since` (a
+    /// [`change_mark`](Self::change_mark)), or after `timeout`.
+    async fn wait_for_change(&self, account: &AccountId, since: u64, timeout: Duration);
 
     /// How long a lease lasts.
     fn lease_duration(&self) -> Duration;
@@ -359,6 +365,7 @@ impl StoreBinding {
     ) -> (Result<StoreRefresh, AuthError>, u32) {
         let give_up = Instant::now() + self.wait_bound;
         loop {
+            let mark = self.store.change_mark(&self.account);
             let acquired = match self.store.try_acquire(&self.account, &self.holder).await {
                 Ok(acquired) => acquired,
                 Err(e) => return (Err(store_unavailable(&e)), 0),
@@ -381,18 +388,8 @@ impl StoreBinding {
                         .await;
                 }
                 Acquire::Busy => {
-                    // Someone else is refreshing: if they finish, adopt their keys.
-                    match self.store.load(&self.account).await {
-                        Ok(Some(stored)) if stored.generation != generation => {
-                            if stored.state != CredentialState::Active {
-                                return (Err(inactive_error(&stored)), 0);
-                            }
-                            counters.coalesced();
-                            return (Ok(StoreRefresh::Adopted(stored)), 0);
-                        }
-                        Ok(_) => {}
-                        Err(e) => return (Err(store_unavailable(&e)), 0),
-                    }
+                    // Someone else is refreshing: wait for their commit (a notification, or
+                    // the next poll), then adopt their keys if they rotated.
                     let now = Instant::now();
                     if now >= give_up {
                         return (
@@ -409,7 +406,18 @@ impl StoreBinding {
                         );
                     }
                     let wait = POLL_INTERVAL.min(give_up - now);
-                    self.store.wait_for_change(&self.account, wait).await;
+                    self.store.wait_for_change(&self.account, mark, wait).await;
+                    match self.store.load(&self.account).await {
+                        Ok(Some(stored)) if stored.generation != generation => {
+                            if stored.state != CredentialState::Active {
+                                return (Err(inactive_error(&stored)), 0);
+                            }
+                            counters.coalesced();
+                            return (Ok(StoreRefresh::Adopted(stored)), 0);
+                        }
+                        Ok(_) => {}
+                        Err(e) => return (Err(store_unavailable(&e)), 0),
+                    }
                 }
             }
         }

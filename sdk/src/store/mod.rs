@@ -154,6 +154,8 @@ struct StoreInner {
     lease: Duration,
     channel: String,
     changes: broadcast::Sender<String>,
+    /// Notifications received so far, per account (see `change_mark`).
+    seen: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
     listener: std::sync::Mutex<Option<JoinHandle<()>>>,
     counters: Counters,
 }
@@ -263,6 +265,7 @@ impl PgCredentialStore {
                 lease: options.lease,
                 channel,
                 changes,
+                seen: Arc::default(),
                 listener: std::sync::Mutex::new(None),
                 counters: Counters::default(),
             }),
@@ -282,11 +285,18 @@ impl PgCredentialStore {
             .await
             .map_err(db_error)?;
         let changes = self.inner.changes.clone();
+        let seen = self.inner.seen.clone();
         let task = tokio::spawn(async move {
             loop {
                 match listener.recv().await {
                     Ok(notification) => {
-                        let _ = changes.send(notification.payload().to_owned());
+                        let account = notification.payload().to_owned();
+                        *seen
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(account.clone())
+                            .or_default() += 1;
+                        let _ = changes.send(account);
                     }
                     Err(e) => {
                         tracing::debug!(target: "deckhand::store", error = %e, "notification listener lost its connection; reconnecting");
@@ -869,8 +879,22 @@ impl CredentialStore for PgCredentialStore {
         Ok(())
     }
 
-    async fn wait_for_change(&self, account: &AccountId, timeout: Duration) {
+    fn change_mark(&self, account: &AccountId) -> u64 {
+        self.inner
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(account.as_str())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    async fn wait_for_change(&self, account: &AccountId, since: u64, timeout: Duration) {
+        // Subscribed before comparing marks, so nothing slips in between.
         let mut changes = self.inner.changes.subscribe();
+        if self.change_mark(account) > since {
+            return;
+        }
         let _ = tokio::time::timeout(timeout, async {
             loop {
                 match changes.recv().await {
