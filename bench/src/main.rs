@@ -9,6 +9,7 @@
 mod auth_overhead;
 mod fleet;
 mod loopback;
+mod rotation_torture;
 mod runtime_throughput;
 mod stats;
 mod token_storm;
@@ -45,6 +46,10 @@ enum Command {
     /// One worker process of `fleet` (started by it).
     #[command(hide = true)]
     FleetWorker(fleet::WorkerArgs),
+    /// The rotation torture test with many cases (20,000 by default): random interleavings of
+    /// calls, 401s, expiries, token and sink faults, component updateKeys, cancellations and
+    /// shutdown against the emulator's strict rotation; prints the figures.
+    RotationTorture(rotation_torture::Args),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
         Command::RuntimeThroughput(args) => runtime_throughput::run(args),
         Command::Fleet(args) => fleet::run(args),
         Command::FleetWorker(args) => fleet::run_worker(args),
+        Command::RotationTorture(args) => rotation_torture::run(args),
     };
     match result {
         Ok(code) => code,

@@ -236,7 +236,7 @@ impl<C: Connector> ConnectorFunctions for C {
 fn validate<C: Connector>(connector: &C, component_json: &str) -> u8 {
     let file = Path::new("component.json");
     let report = crate::component::validate_str(component_json, file, &Default::default());
-    print!("{report}");
+    print!("{}", report.grouped());
     let descriptor: Value = match serde_json::from_str(component_json) {
         Ok(v) => v,
         // The report above already gives the parser's line and column.
@@ -431,12 +431,24 @@ async fn exec<C: Connector>(connector: Arc<C>, component_json: &str, args: ExecA
             return usage_error(format!("writing the snapshot: {e}"));
         }
     }
-    if outcome.errors > 0 {
+    let flushed = session
+        .flush_keys_before_exit(
+            &args.credentials.as_ref().map_or_else(
+                || "(no credentials file)".to_owned(),
+                |p| p.display().to_string(),
+            ),
+            KEYS_FLUSH_BUDGET,
+        )
+        .await;
+    if outcome.errors > 0 || !flushed {
         EXIT_FAILURE
     } else {
         EXIT_OK
     }
 }
+
+/// How long `exec` and `run --local` try to persist rotated keys still pending before exiting.
+const KEYS_FLUSH_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn read_step(path: Option<&Path>) -> Result<StepData, String> {
     match path {
@@ -516,7 +528,14 @@ async fn run<C: Connector>(connector: Arc<C>, component_json: &str, args: RunArg
                 rejected = stats.rejected,
                 "local run finished"
             );
-            EXIT_OK
+            if session
+                .flush_keys_before_exit("(local credentials)", KEYS_FLUSH_BUDGET)
+                .await
+            {
+                EXIT_OK
+            } else {
+                EXIT_FAILURE
+            }
         }
         Err(e) => usage_error(format!("reading {}: {e}", args.input)),
     }

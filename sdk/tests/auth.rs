@@ -281,15 +281,6 @@ async fn a_thousand_concurrent_requests_across_an_expiry_cause_one_token_request
     assert_eq!(sink.updates().len(), 1);
 }
 
-fn clock_secs(clock: &deckhand::auth::ManualClock) -> u64 {
-    use deckhand::auth::Clock;
-    clock
-        .now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_401s_on_the_same_token_refresh_once() {
     // A slow token endpoint on its own server, so that all 50 requests are rejected before the
@@ -476,7 +467,7 @@ async fn malformed_token_responses_name_the_problem() {
         (
             r#"{"access_token":42}"#,
             "application/json",
-            "`access_token` is not a string",
+            "`access_token` is a number, not a string",
         ),
     ];
     for (body, content_type, reason) in cases {

@@ -50,6 +50,12 @@ pub fn manual_clock() -> Arc<ManualClock> {
     ))
 }
 
+/// The manual clock's time in whole seconds since the Unix epoch.
+pub fn clock_secs(clock: &ManualClock) -> u64 {
+    use deckhand::auth::Clock;
+    clock.now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
 pub fn token_body(access: &str, refresh: Option<&str>, expires_in: Option<Value>) -> String {
     let mut body = json!({ "access_token": access, "token_type": "Bearer" });
     if let Some(r) = refresh {

@@ -46,12 +46,35 @@ fn warnings_alone_exit_zero() {
     assert_eq!(output.status.code(), Some(0));
     let out = stdout(&output);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(lines.len(), 5, "{out}");
     assert!(lines[0].starts_with(&format!(
         "{}:1:1: warning: no \"description\"",
         file.display()
     )));
-    assert_eq!(lines[2], "0 errors, 2 warnings in 1 path");
+    assert!(lines[0].ends_with("[W-description-missing]"), "{out}");
+    assert_eq!(lines[1], "  = fix: add a \"description\"");
+    assert!(lines[2].ends_with("[W-no-functions]"), "{out}");
+    assert_eq!(lines[4], "0 errors, 2 warnings in 1 path");
+
+    // --deny-warnings makes them fail, for CI.
+    let denied = deckhand(
+        &["validate", "--deny-warnings"],
+        std::slice::from_ref(&file),
+    );
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(
+        stdout(&denied).ends_with("0 errors, 2 warnings in 1 path; warnings are denied\n"),
+        "{}",
+        stdout(&denied)
+    );
+    let json = deckhand(
+        &["validate", "--deny-warnings", "--format", "json"],
+        std::slice::from_ref(&file),
+    );
+    assert_eq!(json.status.code(), Some(1));
+    let parsed: Value = serde_json::from_slice(&json.stdout).expect("stdout is JSON");
+    assert_eq!(parsed[0]["valid"], false);
+    assert_eq!(parsed[0]["warnings"], 2);
 }
 
 #[test]
@@ -63,7 +86,8 @@ fn errors_exit_one_with_one_line_per_finding() {
         stdout(&output),
         format!(
             "{}:17:15: error: /triggers/getPets/type: \"realtime\" is not one of \"polling\", \
-             \"webhook\", \"pushing\"\n1 error, 0 warnings in 2 paths\n",
+             \"webhook\", \"pushing\" [E-trigger-type]\n  = fix: use \"polling\" or \"webhook\"\n\
+             1 error, 0 warnings in 2 paths\n",
             bad.display()
         )
     );
@@ -103,7 +127,7 @@ fn usage_errors_exit_two() {
 #[test]
 fn json_format() {
     let good = fixtures().join("outlook");
-    let bad = fixtures().join("invalid/metadata-not-schema.json");
+    let bad = fixtures().join("invalid/metadata-path-missing.json");
     let missing = fixtures().join("absent.json");
     let output = deckhand(
         &["validate", "--format", "json"],
@@ -121,7 +145,7 @@ fn json_format() {
     assert!(files[0].get("io_error").is_none());
 
     assert_eq!(files[1]["valid"], false);
-    assert_eq!(files[1]["errors"], 3);
+    assert_eq!(files[1]["errors"], 1);
     assert_eq!(files[1]["warnings"], 0);
     let first = &files[1]["findings"][0];
     let keys: Vec<&str> = first
@@ -132,19 +156,17 @@ fn json_format() {
         .collect();
     assert_eq!(
         keys,
-        ["severity", "file", "pointer", "line", "column", "message"]
+        [
+            "severity", "file", "pointer", "line", "column", "message", "code", "fix"
+        ]
     );
     assert_eq!(first["severity"], "error");
-    assert_eq!(first["pointer"], "/properties/name/type");
-    assert_eq!(first["line"], 4);
-    assert_eq!(first["column"], 23);
-    assert_eq!(
-        first["file"],
-        fixtures()
-            .join("invalid/lib/schemas/not-a-schema.json")
-            .to_string_lossy()
-            .as_ref()
-    );
+    assert_eq!(first["code"], "E-metadata-missing");
+    assert_eq!(first["fix"], "create the file or fix the path");
+    assert_eq!(first["pointer"], "/triggers/getPets/metadata/out");
+    assert_eq!(first["line"], 19);
+    assert_eq!(first["column"], 16);
+    assert_eq!(first["file"], bad.to_string_lossy().as_ref());
 
     assert_eq!(files[2]["valid"], false);
     assert!(
@@ -172,7 +194,7 @@ fn library_entry_point_reports_status() {
     let mut out = Vec::new();
     let mut err = Vec::new();
     let status = run_validate(
-        &[fixtures().join("invalid/no-metadata.json")],
+        &[fixtures().join("invalid/missing-title.json")],
         OutputFormat::Human,
         &mut out,
         &mut err,
@@ -180,5 +202,8 @@ fn library_entry_point_reports_status() {
     assert_eq!(status, ValidateStatus::Invalid);
     assert_eq!(status.code(), 1);
     assert!(err.is_empty());
-    assert!(String::from_utf8_lossy(&out).contains("/actions/createPet: action \"createPet\""));
+    assert!(
+        String::from_utf8_lossy(&out)
+            .contains("error: \"title\" is a required property [E-title-missing]")
+    );
 }

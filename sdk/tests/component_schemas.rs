@@ -48,10 +48,6 @@ fn expected_failures(schema: Schema) -> &'static [(&'static str, &'static [&'sta
             ("bad-auth-client-type.json", &["/authClientTypes/1"]),
             ("bad-function-name.json", &["/triggers/get-pets"]),
             ("bad-trigger-type.json", &["/triggers/t/type"]),
-            (
-                "bad-view-class.json",
-                &["/credentials/fields/key/viewClass"],
-            ),
             ("field-without-label.json", &["/credentials/fields/key"]),
             ("metadata-number.json", &["/actions/a/metadata/in"]),
             ("no-title.json", &[""]),

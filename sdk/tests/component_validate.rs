@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use deckhand::component::{
-    Finding, Options, Report, Severity, ValidateError, validate_bytes, validate_file, validate_str,
+    Code, Finding, Options, Report, Severity, ValidateError, validate_bytes, validate_file,
+    validate_str,
 };
 
 fn fixtures() -> PathBuf {
@@ -96,13 +97,21 @@ fn bad_trigger_name() {
 }
 
 #[test]
-fn unknown_view_class() {
-    assert_single_error(
-        "unknown-view-class",
+fn unknown_view_class_is_a_warning() {
+    // The list of view classes is open (newer UIs add some, e.g. TextView).
+    let path = invalid("unknown-view-class");
+    let report = validate(&path);
+    assert!(!report.has_errors(), "{report}");
+    let finding = single(&report);
+    assert_finding(
+        finding,
+        Severity::Warning,
+        &path,
         "/actions/createPet/fields/status/viewClass",
         (30, 24),
-        r#""DropdownView" is not one of "TextFieldView", "TextFieldWithNoteView""#,
+        r#"unknown view class "DropdownView"; known: TextFieldView, TextFieldWithNoteView"#,
     );
+    assert_eq!(finding.code, Code::UnknownViewClass);
 }
 
 #[test]
@@ -136,13 +145,9 @@ fn select_view_without_model() {
 }
 
 #[test]
-fn function_without_metadata() {
-    assert_single_error(
-        "no-metadata",
-        "/actions/createPet",
-        (24, 18),
-        r#"action "createPet" has neither "metadata" nor "dynamicMetadata""#,
-    );
+fn function_without_metadata_is_the_no_in_metadata_mode() {
+    let report = validate(&invalid("no-metadata"));
+    assert!(report.findings.is_empty(), "{report}");
 }
 
 #[test]
@@ -157,33 +162,40 @@ fn metadata_path_missing() {
 
 #[test]
 fn metadata_file_that_is_not_a_metadata_schema() {
+    // Metadata only drives the mapping UI: its mistakes are warnings, located in the file.
     let report = validate(&invalid("metadata-not-schema"));
     let schema_file = fixtures().join("invalid/lib/schemas/not-a-schema.json");
     assert_eq!(report.findings.len(), 3, "{report}");
+    assert!(!report.has_errors(), "{report}");
     let referenced = "(referenced from /actions/createPet/metadata/in)";
     assert_finding(
         &report.findings[0],
-        Severity::Error,
+        Severity::Warning,
         &schema_file,
         "/properties/name/type",
         (4, 23),
-        r#""text" is not one of "string", "number", "integer""#,
+        r#"unknown type "text""#,
     );
     assert_finding(
         &report.findings[1],
-        Severity::Error,
+        Severity::Warning,
         &schema_file,
         "/properties/owner/$ref",
         (5, 24),
-        r#""https://schemas.example.com/owner.json" does not match "^#""#,
+        r#"external reference "https://schemas.example.com/owner.json" is not resolved"#,
     );
     assert_finding(
         &report.findings[2],
-        Severity::Error,
+        Severity::Warning,
         &schema_file,
         "/properties/tags/required",
         (6, 44),
-        r#""yes" is not of types "boolean", "array""#,
+        r#""required" must be true or false, not "yes""#,
+    );
+    let codes: Vec<Code> = report.findings.iter().map(|f| f.code).collect();
+    assert_eq!(
+        codes,
+        [Code::UnknownType, Code::ExternalRef, Code::KeywordType]
     );
     assert!(
         report
@@ -391,13 +403,17 @@ fn select_models_in_credentials_and_multiselect() {
 }
 
 #[test]
-fn dynamic_metadata_false_does_not_count() {
+fn metadata_and_dynamic_metadata_together_warn_once() {
     let source = r#"{"title": "T", "description": "d", "credentials": {},
- "triggers": {"t": {"title": "T", "main": "t.js", "dynamicMetadata": false}}}"#;
+ "triggers": {"t": {"title": "T", "main": "t.js", "dynamicMetadata": true, "metadata": {"out": {}}},
+              "u": {"title": "U", "main": "u.js", "dynamicMetadata": false, "metadata": {"out": {}}}}}"#;
+    let report = check(source);
     assert_eq!(
-        summary(&check(source)),
-        [(Severity::Error, "/triggers/t", 2, 20)]
+        summary(&report),
+        [(Severity::Warning, "/triggers/t/dynamicMetadata", 2, 70)],
+        "{report}"
     );
+    assert_eq!(report.findings[0].code, Code::MetadataAndDynamic);
 }
 
 #[test]
@@ -414,15 +430,19 @@ fn placeholders_accept_fields_and_env_vars_and_reject_malformed() {
     assert_eq!(
         summary(&report),
         [
+            (Severity::Warning, "", 1, 1),
             (Severity::Error, "/credentials/oauth2/client_secret", 6, 61),
             (Severity::Error, "/credentials/oauth2/token_uri", 7, 69),
             (Severity::Error, "/credentials/oauth2/scopes/1", 8, 37),
         ],
         "{report}"
     );
-    assert!(report.findings[0].message.contains("{{CLIENT_SECRET}}"));
-    assert!(report.findings[1].message.contains("unclosed placeholder"));
-    assert!(report.findings[2].message.contains("{{scope}}"));
+    assert_eq!(report.findings[0].code, Code::NoFunctions);
+    assert!(report.findings[1].message.contains("{{CLIENT_SECRET}}"));
+    assert!(report.findings[2].message.contains("unclosed placeholder"));
+    assert_eq!(report.findings[2].code, Code::PlaceholderMalformed);
+    assert!(report.findings[3].message.contains("{{scope}}"));
+    assert_eq!(report.findings[3].code, Code::PlaceholderUnknown);
 }
 
 #[test]
@@ -434,10 +454,10 @@ fn sensible_warnings() {
  "title": "Twice"}"#;
     let report = check(source);
     assert!(!report.has_errors(), "{report}");
+    // No "no credentials" warning: utility components have none.
     assert_eq!(
         summary(&report),
         [
-            (Severity::Warning, "", 1, 1),
             (Severity::Warning, "", 1, 1),
             (Severity::Warning, "/triggers/t/fields/b/require/1", 3, 93),
             (Severity::Warning, "/title", 5, 11),
@@ -446,29 +466,50 @@ fn sensible_warnings() {
     );
     let messages: Vec<&str> = report.findings.iter().map(|f| f.message.as_str()).collect();
     assert!(messages[0].contains("no \"description\""));
-    assert!(messages[1].contains("no \"credentials\""));
-    assert!(messages[2].contains("\"zz\" is not a field of this step"));
-    assert!(messages[3].contains("duplicate key"));
+    assert!(messages[1].contains("\"zz\" is not a field of this step"));
+    assert!(messages[2].contains("duplicate key"));
+    let codes: Vec<Code> = report.findings.iter().map(|f| f.code).collect();
+    assert_eq!(
+        codes,
+        [
+            Code::DescriptionMissing,
+            Code::RequireUnknown,
+            Code::DuplicateKey
+        ]
+    );
 }
+
+const ONE_ACTION: &str =
+    r#""actions": {"a": {"title": "A", "main": "a.js", "dynamicMetadata": true}}"#;
 
 #[test]
 fn oauth_configuration_mismatches_warn() {
-    let field_only = r#"{"title": "T", "description": "d",
- "credentials": {"fields": {"oauth": {"label": "Auth", "viewClass": "OAuthFieldView"}}}}"#;
+    let field_only = format!(
+        r#"{{"title": "T", "description": "d", {ONE_ACTION},
+ "credentials": {{"fields": {{"oauth": {{"label": "Auth", "viewClass": "OAuthFieldView"}}}}}}}}"#
+    );
+    let report = check(&field_only);
     assert_eq!(
-        summary(&check(field_only)),
+        summary(&report),
         [(Severity::Warning, "/credentials/fields", 2, 28)]
     );
+    assert_eq!(report.findings[0].code, Code::OAuth2Missing);
     // authClientTypes names the platform-managed OAuth app instead.
-    let with_clients = r#"{"title": "T", "description": "d", "authClientTypes": ["oauth2"],
- "credentials": {"fields": {"oauth": {"label": "Auth", "viewClass": "OAuthFieldView"}}}}"#;
-    assert!(check(with_clients).findings.is_empty());
-    let block_only = r#"{"title": "T", "description": "d",
- "credentials": {"oauth2": {"client_id": "a", "client_secret": "b", "auth_uri": "c", "token_uri": "d"}}}"#;
+    let with_clients = format!(
+        r#"{{"title": "T", "description": "d", "authClientTypes": ["oauth2"], {ONE_ACTION},
+ "credentials": {{"fields": {{"oauth": {{"label": "Auth", "viewClass": "OAuthFieldView"}}}}}}}}"#
+    );
+    assert!(check(&with_clients).findings.is_empty());
+    let block_only = format!(
+        r#"{{"title": "T", "description": "d", {ONE_ACTION},
+ "credentials": {{"oauth2": {{"client_id": "a", "client_secret": "b", "auth_uri": "c", "token_uri": "d"}}}}}}"#
+    );
+    let report = check(&block_only);
     assert_eq!(
-        summary(&check(block_only)),
+        summary(&report),
         [(Severity::Warning, "/credentials/oauth2", 2, 28)]
     );
+    assert_eq!(report.findings[0].code, Code::OAuthFieldMissing);
 }
 
 #[test]
@@ -481,19 +522,19 @@ fn inline_metadata_is_checked_against_the_metadata_dialect() {
         summary(&report),
         [
             (
-                Severity::Error,
+                Severity::Warning,
                 "/actions/a/metadata/in/properties/x/type",
                 3,
                 53
             ),
-            (Severity::Error, "/actions/a/metadata/out/$ref", 3, 79),
+            (Severity::Warning, "/actions/a/metadata/out/$ref", 3, 79),
         ],
         "{report}"
     );
     assert!(
         report.findings[0]
             .message
-            .starts_with("invalid metadata schema: \"str\"")
+            .starts_with("invalid metadata schema: unknown type \"str\"")
     );
 }
 

@@ -1,6 +1,8 @@
 //! Cross-crate integration tests for Deckhand live in `tests/tests/`; this library holds what
 //! they share.
 
+pub mod torture;
+
 pub mod broker {
     //! A private RabbitMQ topology per test: a unique direct exchange and queues, deleted at the
     //! end (queues also expire on their own), so tests can run in parallel on one broker.

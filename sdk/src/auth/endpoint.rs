@@ -122,12 +122,18 @@ impl fmt::Debug for TokenEndpoint {
 pub(crate) struct Issued {
     pub token: TokenSet,
     pub attempts: u32,
+    /// Set when the response's access token is unusable: `token` then holds only what must
+    /// not be lost (the rotated refresh token and the provider's other fields).
+    pub unusable: Option<String>,
 }
 
 /// A failed grant, with the number of HTTP requests it took.
 pub(crate) struct Failed {
     pub error: AuthError,
     pub attempts: u32,
+    /// A request of this grant was sent and its answer lost: the provider may have processed
+    /// it (and rotated the refresh token).
+    pub response_lost: bool,
 }
 
 impl TokenEndpoint {
@@ -207,8 +213,19 @@ impl TokenEndpoint {
         self.grant
     }
 
+    /// The client secret, if any (to scrub it from provider text).
+    pub(crate) fn client_secret_value(&self) -> Option<&Secret> {
+        self.client_secret.as_ref()
+    }
+
     /// Runs the grant, retrying transient failures. `refresh_token` is required for the
     /// refresh_token grant. `on_attempt` is called before each HTTP request.
+    ///
+    /// A `Retry-After` longer than the policy's `max_backoff` ends the attempts at once (the
+    /// manager then holds every caller of the credential until it has passed). When a
+    /// refresh_token request was sent and its answer lost, it is retried exactly once with the
+    /// same refresh token (which succeeds with providers that have a reuse grace window); a
+    /// second lost answer ends the attempts, so a lost rotation never turns into a loop.
     pub(crate) async fn request(
         &self,
         refresh_token: Option<&Secret>,
@@ -219,37 +236,63 @@ impl TokenEndpoint {
             return Err(Failed {
                 error: AuthError::NoRefreshToken,
                 attempts: 0,
+                response_lost: false,
             });
         }
         let mut attempts = 0;
+        let mut lost_answers = 0;
         loop {
             attempts += 1;
             on_attempt();
             let error = match self.request_once(refresh_token).await {
                 Ok(body) => {
-                    return TokenSet::from_response(body, clock.now())
-                        .map(|token| Issued { token, attempts })
-                        .map_err(|e| Failed {
-                            error: AuthError::MalformedTokenResponse { reason: e.0 },
-                            attempts,
-                        });
+                    return issued(body, clock.now(), attempts).map_err(|error| Failed {
+                        error,
+                        attempts,
+                        response_lost: lost_answers > 0,
+                    });
                 }
-                Err(Attempt::Permanent(error)) => return Err(Failed { error, attempts }),
+                Err(Attempt::Permanent(error)) => {
+                    return Err(Failed {
+                        error,
+                        attempts,
+                        response_lost: lost_answers > 0,
+                    });
+                }
                 Err(Attempt::Transient(failure)) => failure,
             };
-            if attempts >= self.retry.max_attempts.max(1) {
-                return Err(Failed {
-                    error: AuthError::TokenEndpointUnavailable {
-                        attempts,
-                        last: error,
-                    },
+            let give_up = |error, lost_answers: u32| Failed {
+                error: AuthError::TokenEndpointUnavailable {
                     attempts,
-                });
-            }
+                    last: error,
+                },
+                attempts,
+                response_lost: lost_answers > 0,
+            };
             let retry_after = match &error {
                 TransientFailure::Status { retry_after, .. } => *retry_after,
-                TransientFailure::Network(_) => None,
+                TransientFailure::Network(_) | TransientFailure::ResponseLost(_) => None,
             };
+            if self.grant == Grant::RefreshToken
+                && matches!(error, TransientFailure::ResponseLost(_))
+            {
+                lost_answers += 1;
+                if lost_answers > 1 {
+                    return Err(give_up(error, lost_answers));
+                }
+                tracing::warn!(
+                    target: "deckhand::auth",
+                    attempt = attempts,
+                    failure = %error,
+                    "the token endpoint's answer was lost; retrying once with the same refresh token"
+                );
+                continue;
+            }
+            if attempts >= self.retry.max_attempts.max(1)
+                || retry_after.is_some_and(|d| d > self.retry.max_backoff)
+            {
+                return Err(give_up(error, lost_answers));
+            }
             let delay = self.retry.delay(attempts, retry_after);
             tracing::debug!(
                 attempt = attempts,
@@ -338,6 +381,32 @@ impl TokenEndpoint {
     }
 }
 
+/// A token set from a 200 answer's body; when its access token is unusable, what must be kept
+/// of it anyway (see [`Issued::unusable`]).
+fn issued(
+    body: Map<String, Value>,
+    received_at: SystemTime,
+    attempts: u32,
+) -> Result<Issued, AuthError> {
+    match TokenSet::from_response(body.clone(), received_at) {
+        Ok(token) => Ok(Issued {
+            token,
+            attempts,
+            unusable: None,
+        }),
+        Err(malformed) => match TokenSet::salvage_refresh_token(body) {
+            Some(token) => Ok(Issued {
+                token,
+                attempts,
+                unusable: Some(malformed.0),
+            }),
+            None => Err(AuthError::MalformedTokenResponse {
+                reason: malformed.0,
+            }),
+        },
+    }
+}
+
 /// Sends one token request, classifying the answer: 200 with JSON and the OAuth2 error statuses
 /// (400/401/403) go back to the `oauth2` crate; the rest become [`Attempt`] errors.
 async fn send(
@@ -347,10 +416,16 @@ async fn send(
 ) -> Result<HttpResponse, Attempt> {
     let request = reqwest::Request::try_from(request)
         .map_err(|e| Attempt::Permanent(AuthError::Config(format!("token request: {e}"))))?;
-    let response = http
-        .execute(request)
-        .await
-        .map_err(|e| Attempt::Transient(TransientFailure::Network(network_reason(&e))))?;
+    let response = http.execute(request).await.map_err(|e| {
+        // Only a failed connection proves the request was not sent; any later failure may
+        // have happened after the provider processed it.
+        let reason = network_reason(&e);
+        Attempt::Transient(if e.is_connect() {
+            TransientFailure::Network(reason)
+        } else {
+            TransientFailure::ResponseLost(reason)
+        })
+    })?;
     let status = response.status();
     status_out.store(status.as_u16(), Ordering::Relaxed);
     let retry_after = retry_after(response.headers());
@@ -358,7 +433,7 @@ async fn send(
     let body = response
         .bytes()
         .await
-        .map_err(|e| Attempt::Transient(TransientFailure::Network(network_reason(&e))))?;
+        .map_err(|e| Attempt::Transient(TransientFailure::ResponseLost(network_reason(&e))))?;
     match status.as_u16() {
         200 => {
             if serde_json::from_slice::<Value>(&body).is_err() {
@@ -477,13 +552,15 @@ impl<'de> Deserialize<'de> for ProviderTokenResponse {
         use serde::de::Error;
         let body = Map::<String, Value>::deserialize(deserializer)
             .map_err(|_| D::Error::custom("the body is not a JSON object"))?;
-        // Full validation (blank token, types) happens in TokenSet::from_response; here only
-        // what the oauth2 crate's trait needs.
-        let access_token = match body.get("access_token") {
-            Some(Value::String(s)) => AccessToken::new(s.clone()),
-            Some(_) => return Err(D::Error::custom("`access_token` is not a string")),
-            None => return Err(D::Error::custom("the response has no `access_token`")),
-        };
+        // Validation (missing, blank, wrong type) happens in TokenSet::from_response, which
+        // still keeps a rotated refresh token from a response it refuses; here only what the
+        // oauth2 crate's trait needs.
+        let access_token = AccessToken::new(
+            body.get("access_token")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+        );
         let token_type = match body.get("token_type").and_then(Value::as_str) {
             Some(t) if t.eq_ignore_ascii_case("mac") => BasicTokenType::Mac,
             Some(t) if !t.eq_ignore_ascii_case("bearer") => BasicTokenType::Extension(t.to_owned()),

@@ -21,6 +21,49 @@ pub enum AuthError {
         /// The provider's `error_description`, if any.
         description: Option<String>,
     },
+    /// A token response may have been lost after the provider processed the grant (the
+    /// request was sent, no answer arrived), and the one retry with the same refresh token was
+    /// refused: the provider rotated the refresh token and its successor never reached
+    /// Deckhand. The user must re-authorize; unlike a plain [`ReauthRequired`](Self::ReauthRequired)
+    /// this says the credential was fine until the answer was lost (check the network path to
+    /// the token endpoint). Permanent, like `ReauthRequired`.
+    #[error(
+        "the rotated refresh token is lost: the token endpoint's answer to the refresh of \
+         generation {generation} never arrived, and the retry with the same refresh token was \
+         refused (HTTP {status} `{code}`); re-authorization required"
+    )]
+    RotationLost {
+        /// The generation whose refresh token was spent by the lost request.
+        generation: u64,
+        /// The HTTP status of the refusal.
+        status: u16,
+        /// The OAuth2 `error` code of the refusal.
+        code: String,
+    },
+    /// No token request may be sent for this credential yet (the token endpoint asked to wait
+    /// with `Retry-After`, or the minimum refresh interval has not passed), and waiting would
+    /// take longer than the manager's bound. Transient: try again after `retry_in`.
+    #[error(
+        "no token request for this credential for another {} s ({cause}); try again later",
+        retry_in.as_secs_f64().ceil() as u64
+    )]
+    RefreshPaused {
+        /// How long until token requests are allowed again.
+        retry_in: Duration,
+        /// Why token requests are paused.
+        cause: PauseCause,
+    },
+    /// Keys a component emitted (`updateKeys`) would put back a refresh token this process
+    /// has already spent (rotated away from); they were refused, never applied or persisted.
+    #[error(
+        "the emitted keys hold a refresh token that was already spent (the credential is at \
+         generation {generation} with a newer one); emit keys built from the current \
+         credentials instead of an older copy of the configuration"
+    )]
+    SpentRefreshToken {
+        /// The credential's generation when the keys were refused.
+        generation: u64,
+    },
     /// The token endpoint failed transiently (429, 5xx, network) on every attempt.
     #[error("token endpoint unavailable after {attempts} attempt(s); last failure: {last}")]
     TokenEndpointUnavailable {
@@ -75,17 +118,6 @@ pub enum AuthError {
     /// The token endpoint or grant is misconfigured.
     #[error("invalid OAuth2 configuration: {0}")]
     Config(String),
-    /// A refresh was interrupted after the provider may have rotated the refresh token (its
-    /// holder died, or the answer was lost), and the provider refused the retry with the old
-    /// one: the rotated token is lost and the user must re-authorize. Permanent, like
-    /// [`ReauthRequired`](Self::ReauthRequired), but says what happened.
-    #[error("rotation lost at generation {generation}: {detail}; re-authorization required")]
-    RotationLost {
-        /// The generation whose refresh token was being spent.
-        generation: u64,
-        /// What happened (no secrets).
-        detail: String,
-    },
 }
 
 impl AuthError {
@@ -94,7 +126,9 @@ impl AuthError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::TokenEndpointUnavailable { .. } | Self::KeysNotPersisted { .. }
+            Self::TokenEndpointUnavailable { .. }
+                | Self::KeysNotPersisted { .. }
+                | Self::RefreshPaused { .. }
         )
     }
 
@@ -110,14 +144,77 @@ impl AuthError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::ReauthRequired { .. } | Self::NoRefreshToken => "reauth_required",
+            Self::RotationLost { .. } => "rotation_lost",
             Self::TokenEndpointUnavailable { .. } => "transient",
+            Self::RefreshPaused { .. } => "paused",
+            Self::SpentRefreshToken { .. } => "spent_refresh_token",
             Self::UnexpectedStatus { .. } | Self::Config(_) => "config",
             Self::MalformedTokenResponse { .. } => "malformed",
             Self::KeysNotPersisted { .. } => "sink",
             Self::RejectedAfterRefresh { .. } | Self::NotReplayable { .. } => "rejected",
-            Self::RotationLost { .. } => "rotation_lost",
         }
     }
+}
+
+/// Longest provider text (`error`, `error_description`) kept in an error, in characters.
+const MAX_PROVIDER_TEXT: usize = 200;
+
+impl AuthError {
+    /// This error with the provider's text made safe to show: every occurrence of one of
+    /// `secrets` (the credential's access and refresh tokens, the client secret) replaced by
+    /// `[redacted]`, then cut to a bounded length. A provider that quotes the token it refused
+    /// does not leak it into logs.
+    pub(crate) fn scrubbed(self, secrets: &[&str]) -> Self {
+        let clean = |text: String| provider_text(&text, secrets);
+        match self {
+            Self::ReauthRequired {
+                status,
+                code,
+                description,
+            } => Self::ReauthRequired {
+                status,
+                code: clean(code),
+                description: description.map(clean),
+            },
+            Self::RotationLost {
+                generation,
+                status,
+                code,
+            } => Self::RotationLost {
+                generation,
+                status,
+                code: clean(code),
+            },
+            other => other,
+        }
+    }
+}
+
+/// `text` with each secret replaced by `[redacted]` and cut to [`MAX_PROVIDER_TEXT`]
+/// characters.
+pub(crate) fn provider_text(text: &str, secrets: &[&str]) -> String {
+    let mut text = text.to_owned();
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        text = text.replace(secret, "[redacted]");
+    }
+    match text.char_indices().nth(MAX_PROVIDER_TEXT) {
+        Some((cut, _)) => format!("{}… (truncated)", &text[..cut]),
+        None => text,
+    }
+}
+
+/// Why token requests for a credential are paused (see [`AuthError::RefreshPaused`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PauseCause {
+    /// The token endpoint answered 429/503 with `Retry-After`.
+    #[error("the token endpoint asked to retry later")]
+    RetryAfter,
+    /// The last token arrived already expired; the minimum refresh interval applies.
+    #[error("the last token arrived already expired; minimum refresh interval")]
+    MinRefreshInterval,
+    /// An early refresh failed moments ago while the current token is still valid.
+    #[error("a refresh failed moments ago")]
+    AfterFailure,
 }
 
 /// One transient failure of the token endpoint.
@@ -131,7 +228,11 @@ pub enum TransientFailure {
         /// The server's `Retry-After`, if any.
         retry_after: Option<Duration>,
     },
-    /// The request did not get an answer (connect error, timeout, reset).
+    /// The request could not be sent (no connection).
     #[error("network error: {0}")]
     Network(String),
+    /// The request was sent but no answer arrived (timeout, connection reset): the provider
+    /// may have processed the grant.
+    #[error("no answer to a sent request: {0}")]
+    ResponseLost(String),
 }

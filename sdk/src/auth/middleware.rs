@@ -66,7 +66,7 @@ impl BearerAuth {
     pub fn new(manager: TokenManager) -> Self {
         let token_url = manager.endpoint().token_url();
         let token_endpoint = OriginKey::of(token_url);
-        let token_path = token_url.path().to_owned();
+        let token_path = normalized_path(token_url.path());
         Self {
             manager,
             origins: Arc::new(Vec::new()),
@@ -91,8 +91,19 @@ impl BearerAuth {
         self
     }
 
+    /// Whether `path` reads as the token endpoint's path to a lenient server.
+    fn is_token_path(&self, path: &str) -> bool {
+        // Normalizing never makes an ASCII path longer (escapes, dropped segments and case
+        // folding only shrink it), so a shorter path cannot match: most API paths skip the
+        // allocation this runs on every request.
+        if self.token_path.is_ascii() && path.len() < self.token_path.len() {
+            return false;
+        }
+        normalized_path(path) == self.token_path
+    }
+
     fn applies_to(&self, url: &Url) -> bool {
-        if self.token_endpoint.matches(url) && url.path() == self.token_path {
+        if self.token_endpoint.matches(url) && self.is_token_path(url.path()) {
             return false;
         }
         if self.origins.iter().any(|o| o.matches(url)) {
@@ -172,6 +183,49 @@ impl Middleware for BearerAuth {
     }
 }
 
+/// A path as lenient servers read it, so that no spelling of the token endpoint's path gets
+/// the bearer: percent-escapes decoded, case folded, `;` parameters, empty and `.` segments
+/// dropped, `..` applied, no trailing slash.
+fn normalized_path(path: &str) -> String {
+    let mut segments: Vec<String> = Vec::new();
+    for raw in path.split('/') {
+        let decoded = percent_decode(raw).to_lowercase();
+        let segment = decoded.split(';').next().unwrap_or_default();
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other.to_owned()),
+        }
+    }
+    format!("/{}", segments.join("/"))
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A reqwest client for API calls: follows at most 10 redirects, and only within one origin
 /// on the same scheme. A cross-origin redirect is returned to the caller as the 3xx response,
 /// so the token cannot follow it anywhere (reqwest alone would keep it across a
@@ -207,5 +261,28 @@ impl TokenManager {
         Ok(ClientBuilder::new(api_http_client()?)
             .with(BearerAuth::new(self.clone()).allow_origin(api_base)?)
             .build())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalized_path;
+
+    #[test]
+    fn token_path_spellings_normalize_alike() {
+        let token = normalized_path("/oauth2/token");
+        for spelling in [
+            "/oauth2/token/",
+            "/oauth2//token",
+            "/OAUTH2/token",
+            "/oauth2/%74oken",
+            "/oauth2/%2e/token",
+            "/oauth2/x/../token",
+            "/oauth2/token;jsessionid=1",
+        ] {
+            assert_eq!(normalized_path(spelling), token, "{spelling}");
+        }
+        assert_ne!(normalized_path("/oauth2/tokens"), token);
+        assert_ne!(normalized_path("/api/oauth2/token"), token);
     }
 }

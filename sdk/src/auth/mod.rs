@@ -10,7 +10,14 @@
 //! * [`TokenManager`] — one per credential: the single-flight gate, rotation, persistence through
 //!   a [`KeysSink`] before use, error classification, counters.
 //! * [`BearerAuth`] — the `reqwest-middleware` middleware; [`TokenManager::http_client`] builds a
-//!   ready client.
+//!   ready client. It never sends the bearer to the token endpoint, however its path is spelled.
+//!
+//! No rotated refresh token is lost inside one process: every rotation is kept in memory until
+//! the sink acknowledged it (and flushed at shutdown with [`TokenManager::flush`]); a
+//! component's own keys go through the same gate ([`TokenManager::apply_keys`]); an answer lost
+//! after the provider rotated the token ends in [`AuthError::RotationLost`] after one retry;
+//! `Retry-After` and the minimum refresh interval pause token requests for the whole credential
+//! ([`AuthError::RefreshPaused`] when a caller cannot wait).
 //!
 //! # Example
 //! A client-credentials token for an API, refreshed before it expires:
@@ -65,7 +72,7 @@ mod strategy;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use endpoint::{ClientAuth, Grant, RetryPolicy, TokenEndpoint};
-pub use error::{AuthError, TransientFailure};
+pub use error::{AuthError, PauseCause, TransientFailure};
 pub use manager::{Authorization, RefreshReason, TokenManager, TokenManagerBuilder};
 pub use metrics::AuthMetrics;
 pub use middleware::{BearerAuth, api_http_client};

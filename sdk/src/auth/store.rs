@@ -461,8 +461,14 @@ impl StoreBinding {
         .await;
         let attempts = sent.load(std::sync::atomic::Ordering::Relaxed);
         let token = match issued {
-            Ok(Ok(Issued { token, .. })) => token,
-            Ok(Err(Failed { error, .. })) => {
+            Ok(Ok(Issued {
+                token, unusable, ..
+            })) => (token, unusable.is_some()),
+            Ok(Err(Failed {
+                error,
+                response_lost,
+                ..
+            })) => {
                 let how = match &error {
                     e if e.is_reauth_required() && abandoned.is_some() => Release::RotationLost {
                         reason: format!(
@@ -480,18 +486,14 @@ impl StoreBinding {
                             e.kind()
                         ),
                     },
-                    AuthError::TokenEndpointUnavailable {
-                        last: TransientFailure::Network(_),
-                        ..
-                    } => Release::MaybeSpent,
-                    _ if abandoned.is_some() => Release::MaybeSpent,
+                    _ if response_lost || abandoned.is_some() => Release::MaybeSpent,
                     _ => Release::NotSpent,
                 };
                 let lost = matches!(how, Release::RotationLost { .. });
                 if let Err(e) = self.store.release(&lease, how).await {
                     tracing::warn!(target: "deckhand::store", account = %self.account, error = %e, "releasing the lease failed; it will expire");
                 }
-                if lost {
+                if let (true, AuthError::ReauthRequired { status, code, .. }) = (lost, &error) {
                     tracing::error!(
                         target: "deckhand::store",
                         account = %self.account,
@@ -502,9 +504,8 @@ impl StoreBinding {
                     return (
                         Err(AuthError::RotationLost {
                             generation: stored.generation,
-                            detail: "the refresh token of an interrupted refresh was refused by \
-                                     the provider"
-                                .into(),
+                            status: *status,
+                            code: code.clone(),
                         }),
                         attempts,
                     );
@@ -525,9 +526,17 @@ impl StoreBinding {
                 );
             }
         };
+        let (token, unusable) = token;
         let merged = match stored.credentials.token() {
             Some(old) => old.merged_with(token),
             None => token,
+        };
+        // An unusable access token does not make the rotated refresh token less real: commit
+        // it, without any access token (the next caller refreshes again).
+        let merged = if unusable {
+            merged.without_access_token()
+        } else {
+            merged
         };
         let update = KeysUpdate {
             credentials: stored.credentials.with_token(merged),
@@ -611,9 +620,12 @@ fn store_unavailable(e: &StoreError) -> AuthError {
 fn inactive_error(stored: &StoredCredential) -> AuthError {
     let detail = stored.state_detail.clone().unwrap_or_default();
     match stored.state {
+        // Recorded by the worker that took over the interrupted refresh; the provider's
+        // refusal was an `invalid_grant` (the detail, for operators, is in the store).
         CredentialState::RotationLost => AuthError::RotationLost {
             generation: stored.generation,
-            detail,
+            status: 400,
+            code: "invalid_grant".into(),
         },
         _ => AuthError::ReauthRequired {
             status: 400,

@@ -20,8 +20,9 @@ struct Cli {
 enum Command {
     /// Validate component.json files or component directories.
     ///
-    /// Exit status: 0 when no errors were found (warnings allowed), 1 when a descriptor has
-    /// errors, 2 when a path could not be read.
+    /// Exit status: 0 when no errors were found (warnings allowed unless --deny-warnings),
+    /// 1 when a descriptor has errors (or warnings, with --deny-warnings), 2 when a path could
+    /// not be read. Every rule, its code and its fix: component-schemas/RULES.md.
     Validate(ValidateArgs),
 }
 

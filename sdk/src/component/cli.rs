@@ -43,31 +43,52 @@ pub struct ValidateArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
     pub format: OutputFormat,
+    /// Exit 1 on warnings too, not only on errors (for CI).
+    #[arg(long)]
+    pub deny_warnings: bool,
 }
 
 impl ValidateArgs {
     /// Runs the command, writing results to `out` and read failures to `err`.
     pub fn run(&self, out: &mut dyn Write, err: &mut dyn Write) -> ValidateStatus {
-        run_validate(&self.paths, self.format, out, err)
+        run_validate_with(
+            &self.paths,
+            &RunOptions {
+                format: self.format,
+                deny_warnings: self.deny_warnings,
+            },
+            out,
+            err,
+        )
     }
+}
+
+/// How [`run_validate_with`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunOptions {
+    /// Output format.
+    pub format: OutputFormat,
+    /// Treat warnings as failures: exit 1 when any descriptor has warnings.
+    pub deny_warnings: bool,
 }
 
 /// How `validate` prints its results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum OutputFormat {
-    /// One "file:line:column: severity: pointer: message" line per finding, then a summary.
+    /// Per file, the findings of each rule (one "file:line:column: severity: pointer: message"
+    /// line each, ending with the rule's code), then the rule's fix; a summary line last.
     #[default]
     Human,
-    /// A JSON array with one object per path and its findings.
+    /// A JSON array with one object per path and its findings (with `code` and `fix`).
     Json,
 }
 
 /// Outcome of `validate`, mapped to the process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ValidateStatus {
-    /// Exit 0: no errors (warnings allowed).
+    /// Exit 0: no errors (warnings allowed unless denied).
     Valid,
-    /// Exit 1: at least one descriptor has errors.
+    /// Exit 1: at least one descriptor has errors (or warnings, with `--deny-warnings`).
     Invalid,
     /// Exit 2: a path could not be read or the output could not be written.
     Failed,
@@ -104,15 +125,34 @@ struct FileResult<'a> {
 
 /// Validates every path (a `component.json` or a component directory) and prints the results.
 ///
-/// Human output: one line per finding, then a summary line; read failures go to `err`.
+/// Human output: findings grouped by rule with the rule's fix (see [`Report::grouped`]), then
+/// a summary line; read failures go to `err`.
 /// JSON output: an array with, per path, `{"path", "valid", "errors", "warnings", "findings":
-/// [{"severity", "file", "pointer", "line", "column", "message"}]}` plus `"io_error"` when the
-/// path could not be read.
+/// [{"severity", "file", "pointer", "line", "column", "message", "code", "fix"}]}` plus
+/// `"io_error"` when the path could not be read.
 ///
 /// Every path is processed even after a failure; the status is the worst seen.
 pub fn run_validate(
     paths: &[PathBuf],
     format: OutputFormat,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> ValidateStatus {
+    run_validate_with(
+        paths,
+        &RunOptions {
+            format,
+            deny_warnings: false,
+        },
+        out,
+        err,
+    )
+}
+
+/// [`run_validate`] with every option, e.g. `deny_warnings` for CI.
+pub fn run_validate_with(
+    paths: &[PathBuf],
+    options: &RunOptions,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> ValidateStatus {
@@ -129,15 +169,18 @@ pub fn run_validate(
     for (_, result) in &results {
         match result {
             Err(_) => status = ValidateStatus::Failed,
-            Ok(report) if report.has_errors() && status == ValidateStatus::Valid => {
+            Ok(report)
+                if (report.has_errors() || (options.deny_warnings && report.has_warnings()))
+                    && status == ValidateStatus::Valid =>
+            {
                 status = ValidateStatus::Invalid;
             }
             Ok(_) => {}
         }
     }
-    let written = match format {
-        OutputFormat::Human => write_human(&results, out, err),
-        OutputFormat::Json => write_json(&results, out),
+    let written = match options.format {
+        OutputFormat::Human => write_human(&results, options.deny_warnings, out, err),
+        OutputFormat::Json => write_json(&results, options.deny_warnings, out),
     };
     match written {
         Ok(()) => status,
@@ -155,6 +198,7 @@ fn plural(count: usize, word: &str) -> String {
 
 fn write_human(
     results: &[(&Path, Result<Report, String>)],
+    deny_warnings: bool,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> std::io::Result<()> {
@@ -162,7 +206,7 @@ fn write_human(
     for (_, result) in results {
         match result {
             Ok(report) => {
-                write!(out, "{report}")?;
+                write!(out, "{}", report.grouped())?;
                 errors += report.errors().count();
                 warnings += report.warnings().count();
             }
@@ -182,12 +226,16 @@ fn write_human(
     if failed > 0 {
         write!(out, " ({} could not be read)", failed)?;
     }
+    if deny_warnings && warnings > 0 {
+        write!(out, "; warnings are denied")?;
+    }
     writeln!(out)?;
     out.flush()
 }
 
 fn write_json(
     results: &[(&Path, Result<Report, String>)],
+    deny_warnings: bool,
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
     let entries: Vec<FileResult<'_>> = results
@@ -195,11 +243,12 @@ fn write_json(
         .map(|(path, result)| match result {
             Ok(report) => {
                 let errors = report.errors().count();
+                let warnings = report.warnings().count();
                 FileResult {
                     path: path.to_string_lossy().into_owned(),
-                    valid: errors == 0,
+                    valid: errors == 0 && !(deny_warnings && warnings > 0),
                     errors,
-                    warnings: report.warnings().count(),
+                    warnings,
                     io_error: None,
                     findings: &report.findings,
                 }

@@ -4,9 +4,14 @@
 //! `component-schemas/component.schema.json`). This module
 //!
 //! * validates a descriptor against the JSON Schema and runs the checks a schema cannot
-//!   express — unique function names, select models, metadata presence and files, `{{name}}`
-//!   placeholders, `main` files — reporting each problem with its JSON pointer and the line and
-//!   column of the offending value ([`validate_file`], [`validate_str`], [`Report`]);
+//!   express — unique function names, select models, metadata files and their draft-03
+//!   schemas, `{{name}}` placeholders, `main` modules (or the TypeScript sources `tsc` builds
+//!   them from) — reporting each problem with a stable [`Code`], its severity, its JSON pointer
+//!   and the line and column of the offending value ([`validate_file`], [`validate_str`],
+//!   [`Report`]). Errors are what the platform rejects or what fails at run time; the rest are
+//!   warnings. Every rule is listed in [`Code`] (and `component-schemas/RULES.md`);
+//! * reads only regular files inside the component directory, at most [`MAX_FILE_BYTES`]
+//!   each, so FIFOs, devices and paths leading out of the directory are refused unread;
 //! * parses a descriptor into a tolerant typed [`ComponentDescriptor`] for the rest of the SDK;
 //! * exposes the other shipped schemas ([`Schema`]) and the `deckhand validate` command
 //!   ([`cli`]).
@@ -29,19 +34,24 @@
 //! assert_eq!(finding.severity, Severity::Error);
 //! assert_eq!(finding.pointer, "/actions/create-pet");
 //! assert_eq!((finding.line, finding.column), (6, 19));
+//! assert_eq!(finding.code, deckhand::component::Code::NameInvalid);
 //! assert!(finding.to_string().starts_with("component.json:6:19: error: /actions/create-pet: invalid name"));
 //! ```
 
 mod checks;
 pub mod cli;
 mod descriptor;
+mod files;
+mod metadata;
 mod positions;
+pub mod rules;
 mod schemas;
 mod template;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 use thiserror::Error;
 
@@ -50,6 +60,8 @@ pub use descriptor::{
     FieldModel, FunctionDescriptor, FunctionKind, MetadataDescriptor, MetadataSource,
     OAuth2Descriptor,
 };
+pub use files::MAX_FILE_BYTES;
+pub use rules::Code;
 pub use schemas::{Schema, Violation};
 pub use template::{Placeholder, TemplateError, placeholders, render_template};
 
@@ -73,12 +85,13 @@ impl fmt::Display for Severity {
 }
 
 /// One problem found in a descriptor (or in a metadata file it references).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
-    /// Error or warning.
+    /// Error or warning; always `code.severity()`.
     pub severity: Severity,
+    /// The rule that found it (see [`Code`] for every rule, why it exists and its fix).
+    pub code: Code,
     /// The file the problem is in: the descriptor, or a metadata file it references.
-    #[serde(serialize_with = "serialize_path")]
     pub file: PathBuf,
     /// JSON pointer of the offending value in `file`; empty for the whole document. For a
     /// missing property it is the object that lacks it.
@@ -87,12 +100,31 @@ pub struct Finding {
     pub line: usize,
     /// 1-based column, counted in characters.
     pub column: usize,
-    /// What is wrong.
+    /// What is wrong. Values quoted from the input are cut short.
     pub message: String,
 }
 
-fn serialize_path<S: Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&path.to_string_lossy())
+impl Finding {
+    /// One line saying how to fix it (the same for every finding of a code).
+    pub fn fix(&self) -> &'static str {
+        self.code.fix()
+    }
+}
+
+impl Serialize for Finding {
+    /// `{"severity", "file", "pointer", "line", "column", "message", "code", "fix"}`.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = serializer.serialize_struct("Finding", 8)?;
+        out.serialize_field("severity", &self.severity)?;
+        out.serialize_field("file", &self.file.to_string_lossy())?;
+        out.serialize_field("pointer", &self.pointer)?;
+        out.serialize_field("line", &self.line)?;
+        out.serialize_field("column", &self.column)?;
+        out.serialize_field("message", &self.message)?;
+        out.serialize_field("code", &self.code)?;
+        out.serialize_field("fix", self.code.fix())?;
+        out.end()
+    }
 }
 
 impl fmt::Display for Finding {
@@ -139,6 +171,72 @@ impl Report {
         self.findings
             .iter()
             .filter(|f| f.severity == Severity::Warning)
+    }
+}
+
+impl Report {
+    /// Whether any finding is a warning.
+    pub fn has_warnings(&self) -> bool {
+        self.findings
+            .iter()
+            .any(|f| f.severity == Severity::Warning)
+    }
+
+    /// The human output of `deckhand validate`: per file, the findings of one rule together
+    /// (each as a `file:line:column: severity: pointer: message [code]` line, at most
+    /// [`Grouped::LIMIT`] of them), then that rule's fix once.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use deckhand::component::{validate_str, Options};
+    /// let report = validate_str(r#"{"title": "T", "env": {}}"#, Path::new("c.json"), &Options::default());
+    /// let text = report.grouped().to_string();
+    /// assert!(text.contains("c.json:1:23: warning: /env: unknown top-level key \"env\""));
+    /// assert!(text.contains("[W-unknown-key]\n  = fix: use the key the message suggests"));
+    /// ```
+    pub fn grouped(&self) -> Grouped<'_> {
+        Grouped { report: self }
+    }
+}
+
+/// [`Report::grouped`]'s rendering.
+#[derive(Debug, Clone, Copy)]
+pub struct Grouped<'r> {
+    report: &'r Report,
+}
+
+impl Grouped<'_> {
+    /// Findings of one rule shown per file; the rest are counted.
+    pub const LIMIT: usize = 10;
+}
+
+impl fmt::Display for Grouped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // (file, code) groups in order of their first finding.
+        let mut groups: Vec<(&Path, Code, Vec<&Finding>)> = Vec::new();
+        for finding in &self.report.findings {
+            match groups
+                .iter_mut()
+                .find(|(file, code, _)| *file == finding.file && *code == finding.code)
+            {
+                Some((_, _, members)) => members.push(finding),
+                None => groups.push((&finding.file, finding.code, vec![finding])),
+            }
+        }
+        for (_, code, members) in groups {
+            for finding in members.iter().take(Grouped::LIMIT) {
+                writeln!(f, "{finding} [{code}]")?;
+            }
+            if members.len() > Grouped::LIMIT {
+                writeln!(
+                    f,
+                    "  ... and {} more [{code}] in this file",
+                    members.len() - Grouped::LIMIT
+                )?;
+            }
+            writeln!(f, "  = fix: {}", code.fix())?;
+        }
+        Ok(())
     }
 }
 
@@ -191,13 +289,30 @@ pub enum ValidateError {
         /// The offending path.
         path: PathBuf,
     },
+    /// The descriptor (after following symbolic links) is not a regular file, e.g. a FIFO
+    /// or a device such as `/dev/zero`; it is never opened.
+    #[error("{} is not a regular file but a {kind}; it was not read", path.display())]
+    NotRegularFile {
+        /// The offending path.
+        path: PathBuf,
+        /// What it is instead: "FIFO", "character device", "directory", ...
+        kind: &'static str,
+    },
+    /// The descriptor is larger than [`MAX_FILE_BYTES`]; at most that much was read.
+    #[error("{} is larger than {} MB; it was not validated", path.display(), MAX_FILE_BYTES / (1024 * 1024))]
+    TooLarge {
+        /// The offending path.
+        path: PathBuf,
+    },
 }
 
 /// Validates a `component.json`, or the `component.json` of a component directory, with every
 /// file-system check on (metadata files and Node `main` modules resolved next to it).
 ///
 /// Problems in the descriptor are [`Finding`]s of the returned [`Report`]; only failing to read
-/// it is an `Err`.
+/// it is an `Err` — including a descriptor that is not a regular file (a FIFO, `/dev/zero`),
+/// which is refused without being opened, and one over [`MAX_FILE_BYTES`]. Files the descriptor
+/// names are read only when they are regular files inside its directory.
 pub fn validate_file(path: &Path) -> Result<Report, ValidateError> {
     let metadata = std::fs::metadata(path).map_err(|source| ValidateError::Io {
         path: path.to_owned(),
@@ -212,9 +327,21 @@ pub fn validate_file(path: &Path) -> Result<Report, ValidateError> {
             path: path.to_owned(),
         });
     };
-    let bytes = std::fs::read(&file).map_err(|source| ValidateError::Io {
-        path: file.clone(),
-        source,
+    let bytes = files::read_regular(&file).map_err(|error| match error {
+        files::FileError::NotRegular(kind) => ValidateError::NotRegularFile {
+            path: file.clone(),
+            kind,
+        },
+        files::FileError::TooLarge => ValidateError::TooLarge { path: file.clone() },
+        files::FileError::Io(source) | files::FileError::NotFound(source) => ValidateError::Io {
+            path: file.clone(),
+            source,
+        },
+        // Only paths named inside a descriptor can be outside its directory.
+        files::FileError::Outside => ValidateError::Io {
+            path: file.clone(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        },
     })?;
     let root = match file.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),

@@ -10,6 +10,11 @@ use std::collections::{HashMap, HashSet};
 /// cap only guards the recursion should this ever be fed something else.
 const MAX_DEPTH: usize = 256;
 
+/// Items of one array that get their own position. A descriptor's arrays (scopes, enums) are
+/// far shorter; a pathological multi-megabyte array would otherwise cost a pointer string per
+/// item. Findings inside later items are located at the array itself.
+const MAX_INDEXED_ITEMS: usize = 10_000;
+
 /// A 1-based line and column; columns count Unicode scalar values, as editors do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Position {
@@ -57,7 +62,7 @@ impl<'a> PositionIndex<'a> {
         };
         scanner.skip_ws();
         // A failed scan keeps whatever it indexed so far; lookups fall back to ancestors.
-        let _ = scanner.value(String::new(), 0);
+        let _ = scanner.value(Some(String::new()), 0);
         let mut index = PositionIndex {
             text,
             values: scanner.values,
@@ -213,34 +218,26 @@ impl Scanner<'_> {
         }
     }
 
-    /// Scans the value starting at the current (non-whitespace) position.
-    fn value(&mut self, pointer: String, depth: usize) -> Result<(), Stop> {
+    /// Scans the value starting at the current (non-whitespace) position, recording its
+    /// offset under `pointer` (`None`: scan without recording).
+    fn value(&mut self, pointer: Option<String>, depth: usize) -> Result<(), Stop> {
         if depth > MAX_DEPTH {
             return Err(Stop);
         }
         let start = self.pos;
+        if let Some(pointer) = &pointer {
+            self.values.insert(pointer.clone(), start);
+        }
         match self.peek() {
-            Some(b'{') => {
-                self.values.insert(pointer.clone(), start);
-                self.object(&pointer, depth)
-            }
-            Some(b'[') => {
-                self.values.insert(pointer.clone(), start);
-                self.array(&pointer, depth)
-            }
-            Some(b'"') => {
-                self.values.insert(pointer, start);
-                self.string().map(drop)
-            }
-            Some(_) => {
-                self.values.insert(pointer, start);
-                self.scalar()
-            }
+            Some(b'{') => self.object(pointer.as_deref(), depth),
+            Some(b'[') => self.array(pointer.as_deref(), depth),
+            Some(b'"') => self.string().map(drop),
+            Some(_) => self.scalar(),
             None => Err(Stop),
         }
     }
 
-    fn object(&mut self, pointer: &str, depth: usize) -> Result<(), Stop> {
+    fn object(&mut self, pointer: Option<&str>, depth: usize) -> Result<(), Stop> {
         self.expect(b'{')?;
         self.skip_ws();
         if self.peek() == Some(b'}') {
@@ -254,8 +251,10 @@ impl Scanner<'_> {
             self.skip_ws();
             self.expect(b':')?;
             self.skip_ws();
-            let member = format!("{pointer}/{}", escape_token(&key));
-            if !seen.insert(key) {
+            let member = pointer.map(|pointer| format!("{pointer}/{}", escape_token(&key)));
+            if let Some(member) = &member
+                && !seen.insert(key)
+            {
                 self.duplicate_offsets.push((member.clone(), self.pos));
             }
             self.value(member, depth + 1)?;
@@ -271,7 +270,7 @@ impl Scanner<'_> {
         }
     }
 
-    fn array(&mut self, pointer: &str, depth: usize) -> Result<(), Stop> {
+    fn array(&mut self, pointer: Option<&str>, depth: usize) -> Result<(), Stop> {
         self.expect(b'[')?;
         self.skip_ws();
         if self.peek() == Some(b']') {
@@ -281,7 +280,11 @@ impl Scanner<'_> {
         let mut index = 0usize;
         loop {
             self.skip_ws();
-            self.value(format!("{pointer}/{index}"), depth + 1)?;
+            // Items past the cap are scanned, not recorded: their findings point at the array.
+            let item = pointer
+                .filter(|_| index < MAX_INDEXED_ITEMS)
+                .map(|pointer| format!("{pointer}/{index}"));
+            self.value(item, depth + 1)?;
             index += 1;
             self.skip_ws();
             match self.peek() {

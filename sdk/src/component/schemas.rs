@@ -7,6 +7,7 @@ use jsonschema::error::ValidationErrorKind;
 use serde_json::Value;
 
 use super::positions::escape_token;
+use super::rules::{MAX_ECHO, MAX_MESSAGE, echo, shorten};
 
 /// One of the JSON Schemas shipped in `component-schemas/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,6 +98,8 @@ impl Schema {
 
     /// Every way `instance` breaks this schema; empty when it is valid.
     ///
+    /// Values from `instance` are quoted in messages only in short: a long value is cut.
+    ///
     /// ```
     /// use deckhand::component::Schema;
     /// let payload = serde_json::json!({"keys": {}, "generation": 0, "accountId": null});
@@ -104,43 +107,120 @@ impl Schema {
     /// assert_eq!(found[0].pointer, "/generation");
     /// ```
     pub fn violations(self, instance: &Value) -> Vec<Violation> {
+        self.detailed_violations(instance)
+            .into_iter()
+            .map(|detailed| detailed.violation)
+            .collect()
+    }
+
+    /// [`Schema::violations`] with the failing keyword, for the validator's rule codes.
+    pub(crate) fn detailed_violations(self, instance: &Value) -> Vec<DetailedViolation> {
         let Some(validator) = self.validator() else {
-            return vec![Violation {
-                pointer: String::new(),
-                message: format!("internal error: {} does not compile", self.file_name()),
+            return vec![DetailedViolation {
+                violation: Violation {
+                    pointer: String::new(),
+                    message: format!("internal error: {} does not compile", self.file_name()),
+                },
+                keyword: Keyword::Other,
             }];
         };
         validator
             .iter_errors(instance)
             .map(|error| {
                 let mut pointer = error.instance_path().as_str().to_owned();
+                let mut keyword = Keyword::Other;
                 let message = match error.kind() {
                     // Point at the member whose name is wrong rather than at its parent object.
                     ValidationErrorKind::PropertyNames { error: inner } => {
+                        keyword = Keyword::PropertyName;
                         if let Value::String(name) = inner.instance().as_ref() {
                             pointer.push('/');
                             pointer.push_str(&escape_token(name));
-                            format!("invalid name {name:?}: {inner}")
+                            format!(
+                                "invalid name {}: {}",
+                                echo(&Value::String(name.clone())),
+                                short_message(inner)
+                            )
                         } else {
-                            inner.to_string()
+                            short_message(inner)
                         }
                     }
                     // The validator abbreviates long lists ("or 19 other candidates"); the
                     // accepted values are the useful part of the message, so list them all.
-                    ValidationErrorKind::Enum { options } => match options.as_ref() {
-                        Value::Array(options) => {
-                            let accepted: Vec<String> =
-                                options.iter().map(Value::to_string).collect();
-                            format!("{} is not one of {}", error.instance(), accepted.join(", "))
+                    ValidationErrorKind::Enum { options } => {
+                        keyword = Keyword::Enum;
+                        match options.as_ref() {
+                            Value::Array(options) => {
+                                let accepted: Vec<String> =
+                                    options.iter().map(Value::to_string).collect();
+                                format!(
+                                    "{} is not one of {}",
+                                    echo(error.instance()),
+                                    accepted.join(", ")
+                                )
+                            }
+                            _ => short_message(&error),
                         }
-                        _ => error.to_string(),
-                    },
-                    _ => error.to_string(),
+                    }
+                    ValidationErrorKind::Required { property } => {
+                        keyword = Keyword::Required(property.as_str().unwrap_or("").to_owned());
+                        short_message(&error)
+                    }
+                    ValidationErrorKind::Type { .. } => {
+                        keyword = Keyword::Type;
+                        short_message(&error)
+                    }
+                    ValidationErrorKind::MinLength { .. } => {
+                        keyword = Keyword::MinLength;
+                        short_message(&error)
+                    }
+                    _ => short_message(&error),
                 };
-                Violation { pointer, message }
+                DetailedViolation {
+                    violation: Violation { pointer, message },
+                    keyword,
+                }
             })
             .collect()
     }
+}
+
+/// The keyword a [`DetailedViolation`] failed, as far as the validator's codes care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Keyword {
+    /// A required member is missing; its name.
+    Required(String),
+    /// Wrong JSON type.
+    Type,
+    /// Not one of the listed values.
+    Enum,
+    /// A member name does not match `propertyNames`.
+    PropertyName,
+    /// A string shorter than allowed.
+    MinLength,
+    /// Anything else.
+    Other,
+}
+
+/// A [`Violation`] and the keyword it failed.
+#[derive(Debug, Clone)]
+pub(crate) struct DetailedViolation {
+    pub violation: Violation,
+    pub keyword: Keyword,
+}
+
+/// The validator's message with the offending value (which it prints in full, however
+/// large) replaced by a short rendering, and the whole cut to a sane length.
+fn short_message(error: &jsonschema::ValidationError<'_>) -> String {
+    let full = error.to_string();
+    let instance = error.instance().to_string();
+    let message = match full.strip_prefix(&instance) {
+        Some(rest) if instance.chars().count() > MAX_ECHO => {
+            format!("{}{rest}", echo(error.instance()))
+        }
+        _ => full,
+    };
+    shorten(&message, MAX_MESSAGE)
 }
 
 #[cfg(test)]

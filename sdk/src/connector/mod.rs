@@ -105,7 +105,10 @@ impl Function {
 }
 
 /// What a function processes.
-#[derive(Clone, Debug)]
+///
+/// `Debug` shows the names of the configuration fields, never their values: the configuration
+/// holds the credential's keys.
+#[derive(Clone)]
 pub struct Input {
     /// The incoming message.
     pub message: Message,
@@ -113,6 +116,24 @@ pub struct Input {
     pub config: Value,
     /// The step's snapshot (a polling trigger's position).
     pub snapshot: Value,
+}
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Input")
+            .field("message", &self.message)
+            .field("config", &field_names(&self.config))
+            .field("snapshot", &self.snapshot)
+            .finish()
+    }
+}
+
+/// The field names of a JSON object (for `Debug` output that must not show values).
+pub(crate) fn field_names(value: &Value) -> Vec<&str> {
+    value
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default()
 }
 
 impl Input {

@@ -98,7 +98,7 @@ struct SessionKeys {
     manager: Option<TokenManager>,
     static_credentials: Mutex<Option<Credentials>>,
     sink: Arc<dyn KeysSink>,
-    generation: Mutex<u64>,
+    generation: tokio::sync::Mutex<u64>,
 }
 
 impl SessionKeys {
@@ -129,31 +129,40 @@ impl KeysUpdater for SessionKeys {
             None => Credentials::from_keys(keys),
         }
         .map_err(|e| failed(e.to_string()))?;
-        let generation = match &self.manager {
-            Some(m) => m.generation() + 1,
-            None => *self.generation.lock().unwrap_or_else(|e| e.into_inner()) + 1,
-        };
-        let update = KeysUpdate {
-            credentials: credentials.clone(),
-            generation,
-            reason: RefreshReason::Component,
-        };
-        // Persisted before anything uses the new keys.
-        self.sink
-            .persist(&update)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
         match &self.manager {
-            Some(m) => m.replace_credentials(credentials).await,
+            // Through the refresh gate: merged over the newest keys, next generation,
+            // persisted before use, a spent refresh token refused.
+            Some(m) => m
+                .apply_keys(credentials)
+                .await
+                .map(drop)
+                .map_err(|e| failed(e.to_string())),
             None => {
+                // One update at a time, so two updates never share a generation.
+                let mut generation = self.generation.lock().await;
+                let current = self.credentials();
+                let merged = match &current {
+                    Some(current) => current.overlaid_with(&credentials),
+                    None => credentials,
+                };
+                let update = KeysUpdate {
+                    credentials: merged.clone(),
+                    generation: *generation + 1,
+                    reason: RefreshReason::Component,
+                };
+                // Persisted before anything uses the new keys.
+                self.sink
+                    .persist(&update)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
                 *self
                     .static_credentials
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(credentials);
-                *self.generation.lock().unwrap_or_else(|e| e.into_inner()) = generation;
+                    .unwrap_or_else(|e| e.into_inner()) = Some(merged);
+                *generation = update.generation;
+                Ok(())
             }
         }
-        Ok(())
     }
 }
 
@@ -223,7 +232,7 @@ impl<C: Connector> Session<C> {
                 }),
                 manager,
                 sink,
-                generation: Mutex::new(0),
+                generation: tokio::sync::Mutex::new(0),
             }),
             http,
             snapshot: Arc::new(Mutex::new(step.snapshot)),
@@ -238,6 +247,49 @@ impl<C: Connector> Session<C> {
     /// The token manager of the step's credential, if it has OAuth2 tokens.
     pub fn token_manager(&self) -> Option<&TokenManager> {
         self.state.manager.as_ref()
+    }
+
+    /// Persists rotated keys still pending because the sink failed (call before exiting).
+    /// Returns the generation persisted, or `None` when nothing was pending.
+    pub async fn flush_keys(&self) -> Result<Option<u64>, crate::auth::AuthError> {
+        match &self.state.manager {
+            Some(manager) => manager.flush().await,
+            None => Ok(None),
+        }
+    }
+
+    /// Persists pending rotated keys before the process exits, within `budget`. Returns
+    /// `false`, after an error log naming `credential` and the generation (never a token),
+    /// when they could not be persisted: they are lost with the process, and the caller should
+    /// exit with a failure status.
+    pub async fn flush_keys_before_exit(
+        &self,
+        credential: &str,
+        budget: std::time::Duration,
+    ) -> bool {
+        let Some(generation) = self.token_manager().and_then(|m| m.pending_generation()) else {
+            return true;
+        };
+        let reason = match tokio::time::timeout(budget, self.flush_keys()).await {
+            Ok(Ok(_)) => {
+                tracing::info!(
+                    credential,
+                    generation,
+                    "pending rotated keys persisted before exit"
+                );
+                return true;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("not persisted within {budget:?}"),
+        };
+        tracing::error!(
+            credential,
+            generation,
+            error = %reason,
+            "rotated keys could not be persisted before exit; they are lost with this process \
+             and the credential may need re-authorization"
+        );
+        false
     }
 
     /// The current credential (after every rotation so far).

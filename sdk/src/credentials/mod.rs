@@ -175,6 +175,22 @@ impl Credentials {
         }
     }
 
+    /// These keys with keys a component emitted laid over them: the component's fields win
+    /// one by one, inside the token set too; what it left out is kept.
+    pub(crate) fn overlaid_with(&self, component: &Credentials) -> Self {
+        let mut fields = self.fields.clone();
+        fields.extend(component.fields.clone());
+        let token = match (&self.token, &component.token) {
+            (Some(ours), Some(theirs)) => Some(ours.overlaid_with(theirs)),
+            (ours, theirs) => theirs.clone().or_else(|| ours.clone()),
+        };
+        Self {
+            fields,
+            location: self.location.clone(),
+            token,
+        }
+    }
+
     /// The complete keys as the platform stores them. Exposes secrets: persistence only.
     pub fn to_keys(&self) -> Value {
         let mut keys = self.fields.clone();

@@ -21,6 +21,15 @@ const ID_TOKEN: &str = "id_token";
 const TOKEN_TYPE: &str = "token_type";
 const SCOPE: &str = "scope";
 const EXPIRES_IN: &str = "expires_in";
+/// The fields [`TokenSet`] holds typed; never written from the provider's extras.
+const TYPED_KEYS: [&str; 6] = [
+    ACCESS_TOKEN,
+    REFRESH_TOKEN,
+    ID_TOKEN,
+    TOKEN_TYPE,
+    SCOPE,
+    EXPIRES_AT_KEY,
+];
 
 /// Where the expiry of a [`TokenSet`] came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,11 +133,10 @@ impl TokenSet {
     }
 
     fn from_map(mut map: Map<String, Value>) -> Self {
-        let mut take_string = |key: &str| match map.get(key) {
-            Some(Value::String(_)) => match map.remove(key) {
-                Some(Value::String(s)) => Some(s),
-                _ => None,
-            },
+        // Every typed field leaves the map whatever its JSON type: a `null` or a number left
+        // among the extras would be written back over the typed value by `to_keys`.
+        let mut take_string = |key: &str| match map.remove(key) {
+            Some(Value::String(s)) => Some(s),
             _ => None,
         };
         let access_token = take_string(ACCESS_TOKEN).map(Secret::from);
@@ -148,6 +156,57 @@ impl TokenSet {
             expiry_source: ExpirySource::Unknown,
             obtained_at: None,
             extra: map,
+        }
+    }
+
+    /// What can be kept of a token response whose access token is unusable (missing, blank,
+    /// not a string, not sendable in a header): its refresh token, if it has one, and its
+    /// other fields, without any access token. A rotating provider has already spent the old
+    /// refresh token, so this one must be persisted even though the response is refused.
+    pub(crate) fn salvage_refresh_token(body: Map<String, Value>) -> Option<Self> {
+        let mut token = Self::from_map(body);
+        token.refresh_token.as_ref()?;
+        token.access_token = None;
+        token.extra.remove(EXPIRES_IN);
+        Some(token)
+    }
+
+    /// This token set without its access token (it was found unusable).
+    pub(crate) fn without_access_token(mut self) -> Self {
+        self.access_token = None;
+        self.expires_at = None;
+        self.expiry_source = ExpirySource::Unknown;
+        self
+    }
+
+    /// These keys overlaid with keys a component emitted itself: the component's fields win
+    /// one by one; the expiry follows the access token it belongs to.
+    pub(crate) fn overlaid_with(&self, component: &TokenSet) -> TokenSet {
+        let mut extra = self.extra.clone();
+        extra.extend(component.extra.clone());
+        let new_access = component.access_token.is_some()
+            && component.access_token.as_ref().map(Secret::expose)
+                != self.access_token.as_ref().map(Secret::expose);
+        let timing = if new_access { component } else { self };
+        TokenSet {
+            access_token: component
+                .access_token
+                .clone()
+                .or_else(|| self.access_token.clone()),
+            refresh_token: component
+                .refresh_token
+                .clone()
+                .or_else(|| self.refresh_token.clone()),
+            id_token: component.id_token.clone().or_else(|| self.id_token.clone()),
+            token_type: component
+                .token_type
+                .clone()
+                .or_else(|| self.token_type.clone()),
+            scope: component.scope.clone().or_else(|| self.scope.clone()),
+            expires_at: timing.expires_at,
+            expiry_source: timing.expiry_source,
+            obtained_at: timing.obtained_at,
+            extra,
         }
     }
 
@@ -255,8 +314,12 @@ impl TokenSet {
         put(ID_TOKEN, self.id_token.as_ref().map(Secret::expose));
         put(TOKEN_TYPE, self.token_type.as_deref());
         put(SCOPE, self.scope.as_deref());
+        // A provider field never shadows a typed one (a `"refresh_token": null` among the
+        // extras would wipe the stored refresh token).
         for (key, value) in &self.extra {
-            map.insert(key.clone(), value.clone());
+            if !TYPED_KEYS.contains(&key.as_str()) {
+                map.insert(key.clone(), value.clone());
+            }
         }
         if let Some(secs) = self
             .expires_at
@@ -397,6 +460,23 @@ mod tests {
         assert_eq!(back.expires_at(), Some(at(160)));
         assert_eq!(back.expiry_source(), ExpirySource::Stored);
         assert_eq!(back.extra("ext_expires_in"), Some(&json!("60")));
+    }
+
+    #[test]
+    fn typed_fields_of_an_unexpected_json_type_never_reach_the_stored_keys() {
+        let old = TokenSet::from_stored(map(json!({"access_token":"a0","refresh_token":"r0"})));
+        let new = TokenSet::from_response(
+            map(json!({"access_token":"a1","refresh_token":null,"scope":7,"id_token":false})),
+            at(5),
+        )
+        .unwrap();
+        let keys = old.merged_with(new).to_keys();
+        assert_eq!(keys["refresh_token"], json!("r0"));
+        assert_eq!(keys["access_token"], json!("a1"));
+        assert!(
+            !keys.contains_key("scope") && !keys.contains_key("id_token"),
+            "{keys:?}"
+        );
     }
 
     #[test]

@@ -15,7 +15,10 @@
 //! behaviour, `PUT {API_URI}/v1/accounts/{id}` with `{"keys": …}`; `both` does both.
 //!
 //! SIGTERM/SIGINT stop consuming, wait for in-flight messages (at most
-//! `DECKHAND_SHUTDOWN_TIMEOUT_SECS`, default 30), close the connections and exit 0.
+//! `DECKHAND_SHUTDOWN_TIMEOUT_SECS`, default 30), persist rotated keys still pending because
+//! the sink failed earlier (within what is left of that timeout, at least 1 s), close the
+//! connections and exit 0. If the pending keys cannot be persisted, the worker logs an error
+//! naming the credential (`_account`) and the generation, never a token, and exits 1.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -40,7 +43,10 @@ use crate::connector::{Connector, EmitError, Emitter, Event, Session, StepConfig
 use crate::credentials::Credentials;
 
 /// The step definition, as `GET /v1/tasks/{flow}/steps/{step}` returns it (or the step file).
-#[derive(Clone, Debug, Default, serde::Deserialize)]
+///
+/// `Debug` names the configuration fields and flow variables but shows no values: the
+/// configuration holds the credential's keys.
+#[derive(Clone, Default, serde::Deserialize)]
 pub struct StepData {
     /// The function (the `ELASTICIO_FUNCTION` variable wins when both are set).
     #[serde(default)]
@@ -57,6 +63,18 @@ pub struct StepData {
     /// Flow variables.
     #[serde(default)]
     pub variables: Value,
+}
+
+impl std::fmt::Debug for StepData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepData")
+            .field("function", &self.function)
+            .field("config", &self.config.keys().collect::<Vec<_>>())
+            .field("snapshot", &self.snapshot)
+            .field("is_passthrough", &self.is_passthrough)
+            .field("variables", &crate::connector::field_names(&self.variables))
+            .finish()
+    }
 }
 
 /// Why the worker could not start.
@@ -578,6 +596,7 @@ impl<C: Connector> Worker<C> {
             .and_then(|s| s.parse().ok())
             .map(Duration::from_secs)
             .unwrap_or(Duration::from_secs(30));
+        let shutdown_started = tokio::time::Instant::now();
         let drained = tokio::time::timeout(grace, async {
             while in_flight.join_next().await.is_some() {}
         })
@@ -593,6 +612,12 @@ impl<C: Connector> Worker<C> {
         // before the channels close keeps lapin from closing a channel twice.
         drop(in_flight);
         drop(dedup);
+        // Rotated keys the sink could not persist live only in memory: persist them before the
+        // connections close (within what is left of the shutdown timeout, at least 1 s).
+        let flush_budget = grace
+            .saturating_sub(shutdown_started.elapsed())
+            .max(Duration::from_secs(1));
+        let flushed = self.flush_keys(flush_budget).await;
         if drained.is_ok() {
             consumer.close().await;
         } else {
@@ -612,7 +637,20 @@ impl<C: Connector> Worker<C> {
         }
         self.transport.close().await;
         tracing::info!("worker stopped");
-        EXIT_OK
+        if flushed { EXIT_OK } else { EXIT_FAILURE }
+    }
+
+    /// Persists pending rotated keys; `false` when they could not be (see
+    /// [`Session::flush_keys_before_exit`]).
+    async fn flush_keys(&self, budget: Duration) -> bool {
+        let credential = self
+            .flags
+            .account_id
+            .as_deref()
+            .unwrap_or("(step credential)");
+        self.session
+            .flush_keys_before_exit(credential, budget)
+            .await
     }
 }
 

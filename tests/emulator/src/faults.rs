@@ -24,7 +24,8 @@ pub enum ResourceFault {
 }
 
 /// A failure served by a token endpoint instead of the normal answer. Injected faults never
-/// touch token state: an injected `InvalidGrant` does not consume the refresh token.
+/// touch token state (an injected `InvalidGrant` does not consume the refresh token), except
+/// [`TokenFault::DropResponseAfterRotation`], which processes the grant first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenFault {
     /// 400 `{"error":"invalid_grant"}`.
@@ -47,6 +48,11 @@ pub enum TokenFault {
     /// this long before sending it: a client whose deadline is shorter never sees the
     /// rotation, like a response lost after the provider processed it.
     Stall(Duration),
+    /// The grant is processed as usual (under strict rotation the presented refresh token is
+    /// spent and a new one issued), then the connection is reset before the answer's body is
+    /// sent: the client cannot tell whether its grant was processed, and a strict provider
+    /// treats the retry with the same refresh token as reuse.
+    DropResponseAfterRotation,
 }
 
 /// FIFO queues of pending faults; each request pops at most one.

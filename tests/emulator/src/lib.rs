@@ -340,6 +340,13 @@ impl Emulator {
         lock(&self.shared.tokens).family_of(token)
     }
 
+    /// Whether `refresh_token` would be accepted by the next `refresh_token` grant: issued by
+    /// this emulator, not spent (strict rotation), its family not revoked. Tests use it to
+    /// check that the refresh token a client persisted last is the live one.
+    pub fn is_refresh_token_live(&self, refresh_token: &str) -> bool {
+        lock(&self.shared.tokens).is_refresh_live(refresh_token)
+    }
+
     /// Whether a family has been revoked (`None` if unknown).
     pub fn is_family_revoked(&self, family_id: &str) -> Option<bool> {
         lock(&self.shared.tokens)

@@ -122,6 +122,7 @@ async fn token_request(
         (faults.token.pop_front(), faults.token_latency)
     };
     let mut stall = None;
+    let mut drop_response = false;
     match fault {
         Some(TokenFault::Latency(delay)) => {
             bump(&counters.faults_served);
@@ -130,6 +131,10 @@ async fn token_request(
         Some(TokenFault::Stall(delay)) => {
             bump(&counters.faults_served);
             stall = Some(delay);
+        }
+        Some(TokenFault::DropResponseAfterRotation) => {
+            bump(&counters.faults_served);
+            drop_response = true;
         }
         Some(fault) => {
             bump(&counters.faults_served);
@@ -141,6 +146,10 @@ async fn token_request(
         tokio::time::sleep(latency).await;
     }
     let response = answer_token_request(shared, provider, tenant, headers, form);
+    if drop_response {
+        // Whatever the grant's outcome, the client never sees it.
+        return reset_connection();
+    }
     if let Some(delay) = stall {
         tokio::time::sleep(delay).await;
     }
@@ -202,8 +211,23 @@ fn fault_response(shared: &Shared, fault: TokenFault) -> Response {
         TokenFault::InternalServerError | TokenFault::Latency(_) | TokenFault::Stall(_) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
         }
+        TokenFault::DropResponseAfterRotation => return reset_connection(),
     };
     with_retry_after(oauth_error(status, error, "Injected fault."), retry_after)
+}
+
+/// A response whose body fails before its first byte: the server aborts the connection, so
+/// the client gets no usable answer (as when a proxy or the network drops it).
+fn reset_connection() -> Response {
+    let failing = futures_util::stream::once(async {
+        Err::<Bytes, _>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "injected fault: response dropped",
+        ))
+    });
+    let mut response = Response::new(axum::body::Body::from_stream(failing));
+    *response.status_mut() = StatusCode::OK;
+    response
 }
 
 /// Parses an `application/x-www-form-urlencoded` body. Duplicate parameters are rejected

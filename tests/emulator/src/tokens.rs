@@ -252,6 +252,18 @@ impl TokenStore {
         }
     }
 
+    /// Whether `token` is a refresh token that would be accepted now: known, not yet used
+    /// under strict rotation, its family not revoked.
+    pub(crate) fn is_refresh_live(&self, token: &str) -> bool {
+        self.refresh.get(token).is_some_and(|record| {
+            record.used_at.is_none()
+                && self
+                    .families
+                    .get(&record.family)
+                    .is_some_and(|family| !family.revoked)
+        })
+    }
+
     /// Looks up a family by id.
     pub(crate) fn family(&self, family_id: &str) -> Option<&Family> {
         self.families.get(family_id)

@@ -252,3 +252,39 @@ async fn invalid_config_is_rejected() {
     };
     assert!(Emulator::start(config).await.is_err());
 }
+
+#[tokio::test]
+async fn drop_response_after_rotation_spends_the_refresh_token_and_answers_nothing() {
+    let emulator = start(EmulatorConfig::default()).await;
+    let client = emulator.client().clone();
+    let rt = emulator.issue_refresh_token(&client.id);
+    assert!(emulator.is_refresh_token_live(&rt));
+    emulator.fail_next_token_requests(1, TokenFault::DropResponseAfterRotation);
+
+    // The client gets no answer it can use: an error, either before or while reading the body.
+    let lost = async {
+        let response = http()
+            .post(emulator.microsoft_token_url())
+            .basic_auth(&client.id, Some(&client.secret))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", rt.as_str()),
+            ])
+            .send()
+            .await?;
+        response.bytes().await
+    }
+    .await;
+    assert!(lost.is_err(), "the response was not dropped: {lost:?}");
+
+    // But the grant was processed: the presented refresh token is spent ...
+    assert!(!emulator.is_refresh_token_live(&rt));
+    let counters = emulator.counters();
+    assert_eq!(counters.successful_refreshes, 1);
+    assert_eq!(counters.faults_served, 1);
+    // ... so the retry with the same token is reuse: invalid_grant, family revoked.
+    let replay = refresh(&emulator, &emulator.microsoft_token_url(), &rt).await;
+    assert_eq!(replay.status, StatusCode::BAD_REQUEST);
+    assert_eq!(replay.body["error"], "invalid_grant");
+    assert_eq!(emulator.counters().family_revocations, 1);
+}
