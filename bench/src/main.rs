@@ -8,6 +8,7 @@
 
 mod auth_overhead;
 mod chaos;
+mod fleet;
 mod loopback;
 mod rotation_torture;
 mod runtime_throughput;
@@ -39,6 +40,13 @@ enum Command {
     /// process) vs a minimal lapin consume→publish loop, interleaved; plus peak RSS and
     /// start-up time. Needs RabbitMQ.
     RuntimeThroughput(runtime_throughput::Args),
+    /// N worker processes x M accounts sharing credentials, SIGKILLs, a SIGSTOP and held-back
+    /// token responses: refreshes, invalid_grant and lost rotations with the PostgreSQL
+    /// credential store vs per-process gates. Needs PostgreSQL.
+    Fleet(fleet::Args),
+    /// One worker process of `fleet` (started by it).
+    #[command(hide = true)]
+    FleetWorker(fleet::WorkerArgs),
     /// The rotation torture test with many cases (20,000 by default): random interleavings of
     /// calls, 401s, expiries, token and sink faults, component updateKeys, cancellations and
     /// shutdown against the emulator's strict rotation; prints the figures.
@@ -56,6 +64,8 @@ fn main() -> ExitCode {
         Command::TokenStorm(args) => token_storm::run(args),
         Command::AuthOverhead(args) => auth_overhead::run(args),
         Command::RuntimeThroughput(args) => runtime_throughput::run(args),
+        Command::Fleet(args) => fleet::run(args),
+        Command::FleetWorker(args) => fleet::run_worker(args),
         Command::RotationTorture(args) => rotation_torture::run(args),
         Command::Chaos(args) => chaos::run(args),
     };

@@ -16,6 +16,7 @@ pub mod component;
 pub mod connector;
 pub mod credentials;
 pub mod runtime;
+pub mod store;
 pub mod transport;
 
 pub use cli::main;

@@ -368,7 +368,9 @@ fn run_local_processes_json_lines_rejects_bad_lines_and_persists_rotations() {
 
     // A restart continues from the persisted keys: after expiry it refreshes with R2, not R1.
     let mut stored = stored;
+    // Expired long ago: an expiry in the past and no record of a recent arrival.
     stored["oauth"]["expires_at"] = json!(1);
+    stored["oauth"]["obtained_at"] = json!(0);
     std::fs::write(&creds, serde_json::to_vec(&stored).unwrap()).unwrap();
     let second = server
         .mock("POST", "/token")

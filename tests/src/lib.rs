@@ -613,3 +613,111 @@ pub mod cluster {
         }
     }
 }
+
+pub mod postgres {
+    //! A private schema per test in the shared PostgreSQL (`127.0.0.1:5432`, database `test`),
+    //! dropped at the end, so tests can run in parallel on one server.
+    //!
+    //! If PostgreSQL is not reachable, tests FAIL with instructions; they never pass silently.
+
+    use std::time::Duration;
+
+    use base64::Engine as _;
+    use deckhand::store::{KeyRing, PgCredentialStore, StoreOptions};
+    use sqlx::Connection;
+
+    /// The server: `DECKHAND_TEST_PG_URL`, else `postgres://postgres@127.0.0.1:5432/test`
+    /// (falling back to the `root` user, which some machines have instead).
+    pub async fn url() -> String {
+        if let Ok(url) = std::env::var("DECKHAND_TEST_PG_URL") {
+            return url;
+        }
+        let mut last = String::new();
+        for user in ["postgres", "root"] {
+            let url = format!("postgres://{user}@127.0.0.1:5432/test");
+            match tokio::time::timeout(Duration::from_secs(10), sqlx::PgConnection::connect(&url))
+                .await
+            {
+                Ok(Ok(conn)) => {
+                    let _ = conn.close().await;
+                    return url;
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "connection timed out".into(),
+            }
+        }
+        panic!(
+            "PostgreSQL not reachable at 127.0.0.1:5432 (database `test`, users postgres/root): \
+             {last}. Start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) \
+             main start` (or point DECKHAND_TEST_PG_URL at a server)."
+        )
+    }
+
+    /// A unique schema and a key for one test.
+    pub struct TestSchema {
+        /// The server URL.
+        pub url: String,
+        /// The schema name (`dh_test_<random>`).
+        pub schema: String,
+        /// The store key, as `DECKHAND_STORE_KEYS` would hold it.
+        pub keys_spec: String,
+    }
+
+    impl TestSchema {
+        /// A fresh schema name (created by the first store that connects) and a random key.
+        pub async fn new() -> Self {
+            let key: [u8; 32] = rand::random();
+            Self {
+                url: url().await,
+                schema: format!("dh_test_{}", uuid::Uuid::new_v4().simple()),
+                keys_spec: format!(
+                    "test-1={}",
+                    base64::engine::general_purpose::STANDARD.encode(key)
+                ),
+            }
+        }
+
+        /// The key ring.
+        pub fn keys(&self) -> KeyRing {
+            KeyRing::parse(&self.keys_spec).expect("test key ring")
+        }
+
+        /// A store handle on this schema with `lease`.
+        pub async fn store(&self, lease: Duration) -> PgCredentialStore {
+            PgCredentialStore::connect(
+                &self.url,
+                self.keys(),
+                StoreOptions {
+                    schema: self.schema.clone(),
+                    lease,
+                    max_connections: 4,
+                },
+            )
+            .await
+            .expect("connecting the credential store")
+        }
+
+        /// Environment for a child process (see the `deckhand-store-worker` binary).
+        pub fn env(&self) -> Vec<(String, String)> {
+            vec![
+                ("DH_STORE_URL".into(), self.url.clone()),
+                ("DH_STORE_SCHEMA".into(), self.schema.clone()),
+                ("DECKHAND_STORE_KEYS".into(), self.keys_spec.clone()),
+            ]
+        }
+
+        /// Drops the schema.
+        pub async fn cleanup(self) {
+            drop_schema(&self.url, &self.schema).await;
+        }
+    }
+
+    async fn drop_schema(url: &str, schema: &str) {
+        if let Ok(mut conn) = sqlx::PgConnection::connect(url).await {
+            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .execute(&mut conn)
+                .await;
+            let _ = conn.close().await;
+        }
+    }
+}

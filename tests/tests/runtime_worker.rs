@@ -526,9 +526,14 @@ async fn an_oversized_input_gives_one_small_error_event() {
     h.topo.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn update_keys_is_published_encrypted_and_confirmed_and_the_next_message_uses_the_new_token()
-{
+/// A token endpoint that rotates R1 into A2/R2 once, and an API that rejects A1 and serves
+/// A2 twice.
+async fn rotating_api() -> (
+    mockito::ServerGuard,
+    mockito::Mock,
+    mockito::Mock,
+    mockito::Mock,
+) {
     let mut server = mockito::Server::new_async().await;
     let token = server
         .mock("POST", "/token")
@@ -541,7 +546,7 @@ async fn update_keys_is_published_encrypted_and_confirmed_and_the_next_message_u
         .expect(1)
         .create_async()
         .await;
-    let _stale = server
+    let stale = server
         .mock("GET", "/data")
         .match_header("authorization", "Bearer A1")
         .with_status(401)
@@ -554,6 +559,13 @@ async fn update_keys_is_published_encrypted_and_confirmed_and_the_next_message_u
         .expect(2)
         .create_async()
         .await;
+    (server, token, fresh, stale)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_keys_is_published_encrypted_and_confirmed_and_the_next_message_uses_the_new_token()
+{
+    let (server, token, fresh, _stale) = rotating_api().await;
     let config = json!({
         "apiBase": server.url(), "tokenUrl": format!("{}/token", server.url()),
         "oauth": {"access_token": "A1", "refresh_token": "R1"}
@@ -836,4 +848,66 @@ async fn the_official_update_keys_mode_puts_the_keys_to_the_accounts_api() {
     let err = sink.persist(&update).await.unwrap_err();
     assert!(err.to_string().ends_with("HTTP 403 Forbidden"), "{err}");
     assert!(!err.to_string().contains("api-key"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_credential_store_a_restarted_worker_loads_the_rotated_keys_from_it() {
+    use deckhand::auth::{AccountId, CredentialStore};
+    let schema = deckhand_tests::postgres::TestSchema::new().await;
+    let (server, token, fresh, _stale) = rotating_api().await;
+    // The step file keeps the keys it was created with; only the store learns the rotation.
+    let config = json!({
+        "apiBase": server.url(), "tokenUrl": format!("{}/token", server.url()),
+        "oauth": {"access_token": "A1", "refresh_token": "R1"}
+    });
+    let store_vars = [
+        ("DECKHAND_STORE_URL", schema.url.as_str()),
+        ("DECKHAND_STORE_KEYS", schema.keys_spec.as_str()),
+        ("DECKHAND_STORE_SCHEMA", schema.schema.as_str()),
+    ];
+    let h = Harness::new("authed", step(config), &store_vars).await;
+
+    let (stop, worker) = h.start(1).await;
+    h.send("s-1", json!({}), &[]).await;
+    let (body, _, _) = h.receive(&h.data).await;
+    assert_eq!(body["body"], json!({"from": "api"}));
+    // The rotation reaches the platform through the store's outbox, confirmed.
+    let (keys, headers, _) = h.receive(&h.keys).await;
+    assert_eq!(keys["keys"]["oauth"]["refresh_token"], "R2");
+    assert_eq!(header_str(&headers, "accountId"), "account-1");
+    stop.send(()).unwrap();
+    assert_eq!(worker.await.unwrap(), 0);
+
+    // A new worker with the same (stale) step loads R2/A2 from the store: no refresh.
+    let (stop, worker) = h.start(1).await;
+    h.send("s-2", json!({}), &[]).await;
+    let (body, _, _) = h.receive(&h.data).await;
+    assert_eq!(body["body"], json!({"from": "api"}));
+    stop.send(()).unwrap();
+    assert_eq!(worker.await.unwrap(), 0);
+    token.assert_async().await;
+    fresh.assert_async().await;
+
+    let store = schema.store(Duration::from_secs(15)).await;
+    let stored = store
+        .load(&AccountId::new("account-1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.generation, 1);
+    let left: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM \"{}\".keys_outbox",
+        schema.schema
+    ))
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "the relay deleted what it published");
+    assert_eq!(
+        h.topo.ready(&h.keys).await,
+        0,
+        "one updateKeys per generation"
+    );
+    h.topo.cleanup().await;
+    schema.cleanup().await;
 }

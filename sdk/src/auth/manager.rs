@@ -12,6 +12,7 @@ use crate::credentials::{Credentials, Secret};
 
 use super::endpoint::{Failed, Issued};
 use super::metrics::Counters;
+use super::store::{StoreBinding, StoreRefresh};
 use super::{
     AuthError, AuthMetrics, Clock, Grant, KeysSink, KeysUpdate, PauseCause, Proactive, Strategy,
     SystemClock, TokenEndpoint, TransientFailure,
@@ -167,6 +168,8 @@ struct Inner {
     sink_timeout: Duration,
     min_refresh_interval: Duration,
     max_pause_wait: Duration,
+    /// Set when the credential is shared through a credential store: refreshes go through it.
+    store: Option<StoreBinding>,
 }
 
 /// A credential-wide "no token request before `until`".
@@ -307,6 +310,7 @@ pub struct TokenManagerBuilder {
     sink_timeout: Duration,
     min_refresh_interval: Duration,
     max_pause_wait: Duration,
+    store: Option<StoreBinding>,
 }
 
 impl TokenManagerBuilder {
@@ -349,6 +353,28 @@ impl TokenManagerBuilder {
         self
     }
 
+    /// Shares the credential with other processes through `store`, as `account`: every
+    /// refresh then takes the store's lease, and rotations (and a component's keys) are
+    /// committed to the store, whose outbox publishes the `updateKeys`, instead of going to the
+    /// keys sink. Set the initial [`generation`](Self::generation) to the stored one. See
+    /// [`super::store`].
+    pub fn store(
+        mut self,
+        store: Arc<dyn super::CredentialStore>,
+        account: super::AccountId,
+        holder: super::HolderId,
+    ) -> Self {
+        // Long enough to outlast one holder's whole lease (and take it over), bounded.
+        let wait_bound = store.lease_duration() * 2 + Duration::from_secs(5);
+        self.store = Some(StoreBinding {
+            store,
+            account,
+            holder,
+            wait_bound,
+        });
+        self
+    }
+
     /// Builds the manager.
     pub fn build(self) -> TokenManager {
         let current = Current::new(
@@ -380,6 +406,7 @@ impl TokenManagerBuilder {
                 sink_timeout: self.sink_timeout,
                 min_refresh_interval: self.min_refresh_interval,
                 max_pause_wait: self.max_pause_wait,
+                store: self.store,
             }),
         }
     }
@@ -403,6 +430,7 @@ impl TokenManager {
             sink_timeout: Duration::from_secs(60),
             min_refresh_interval: Duration::from_secs(1),
             max_pause_wait: Duration::from_secs(5),
+            store: None,
         }
     }
 
@@ -775,9 +803,13 @@ impl Inner {
             (state.current.clone(), state.pending.clone())
         };
         let started = Instant::now();
-        let (outcome, token_requests) = match pending {
-            Some(update) => (self.persist(update).await, 0),
-            None => self.rotate(&current, reason).await,
+        let (outcome, token_requests) = match (&self.store, pending) {
+            (Some(store), pending) => {
+                self.refresh_through_store(store, &current, pending, reason)
+                    .await
+            }
+            (None, Some(update)) => (self.persist(update).await, 0),
+            (None, None) => self.rotate(&current, reason).await,
         };
         self.finish(reason, &current, outcome, started, token_requests)
     }
@@ -970,7 +1002,16 @@ impl Inner {
             return Ok(None);
         };
         let started = Instant::now();
-        let outcome = self.persist(update).await;
+        let outcome = match &self.store {
+            Some(store) => {
+                let reason = RefreshReason::PendingPersist;
+                (self
+                    .refresh_through_store(store, &current, Some(update), reason)
+                    .await)
+                    .0
+            }
+            None => self.persist(update).await,
+        };
         self.finish(RefreshReason::PendingPersist, &current, outcome, started, 0)
             .map(|fresh| Some(fresh.generation))
     }
@@ -997,7 +1038,22 @@ impl Inner {
         };
         let generation = update.generation;
         self.write().pending = Some(update.clone());
-        let outcome = self.persist(update).await;
+        let outcome = match &self.store {
+            // Committed with the same compare-and-set as a refresh: keys built on a generation
+            // another worker has moved past are refused, not laid over its rotation.
+            Some(store) => match self
+                .refresh_through_store(store, &current, Some(update), RefreshReason::Component)
+                .await
+                .0
+            {
+                Ok(fresh) if fresh.generation == generation => Ok(fresh),
+                Ok(fresh) => Err(AuthError::SpentRefreshToken {
+                    generation: fresh.generation,
+                }),
+                Err(e) => Err(e),
+            },
+            None => self.persist(update).await,
+        };
         let mut state = self.write();
         state.epoch += 1;
         self.finished.send_replace(state.epoch);
@@ -1039,6 +1095,70 @@ impl Inner {
         .map(Secret::expose)
         .collect();
         err.scrubbed(&secrets)
+    }
+
+    /// The refresh when the credential lives in a store: the store's lease, re-read and fenced
+    /// commit replace the token request and the sink (the store's outbox publishes the update).
+    /// `pending` keys (whose commit failed earlier) are committed first.
+    async fn refresh_through_store(
+        &self,
+        store: &StoreBinding,
+        current: &Current,
+        pending: Option<KeysUpdate>,
+        reason: RefreshReason,
+    ) -> (Result<Arc<Current>, AuthError>, u32) {
+        let (outcome, token_requests) = match pending {
+            Some(update) => (store.commit_unpersisted(update).await, 0),
+            None => {
+                let clock = self.clock.as_ref();
+                store
+                    .refresh(
+                        &self.endpoint,
+                        clock,
+                        &self.counters,
+                        current.generation,
+                        reason,
+                    )
+                    .await
+            }
+        };
+        let (credentials, generation) = match outcome {
+            Ok(StoreRefresh::Adopted(stored)) => (stored.credentials, stored.generation),
+            Ok(StoreRefresh::Committed(update)) => {
+                self.counters.refreshed();
+                (update.credentials, update.generation)
+            }
+            Ok(StoreRefresh::Unpersisted { update, error }) => {
+                // Never used, never dropped: the next caller commits it first.
+                self.write().pending = Some(update);
+                return (Err(error), token_requests);
+            }
+            Err(error) => return (Err(self.scrubbed(error, current)), token_requests),
+        };
+        let fresh = Arc::new(Current::new(
+            credentials,
+            generation,
+            &self.strategy,
+            self.min_refresh_interval,
+        ));
+        let mut state = self.write();
+        // The refresh token this process held is spent now (a component may not put it back).
+        if let Some(old) = current.credentials.token().and_then(|t| t.refresh_token())
+            && fresh
+                .credentials
+                .token()
+                .and_then(|t| t.refresh_token())
+                .map(Secret::expose)
+                != Some(old.expose())
+        {
+            if state.spent.len() >= SPENT_REMEMBERED {
+                state.spent.pop_front();
+            }
+            state.spent.push_back(old.clone());
+        }
+        state.current = fresh.clone();
+        state.pending = None;
+        (Ok(fresh), token_requests)
     }
 
     async fn persist(&self, update: KeysUpdate) -> Result<Arc<Current>, AuthError> {

@@ -67,6 +67,7 @@ mod manager;
 mod metrics;
 mod middleware;
 mod sink;
+pub mod store;
 mod strategy;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -76,4 +77,5 @@ pub use manager::{Authorization, RefreshReason, TokenManager, TokenManagerBuilde
 pub use metrics::AuthMetrics;
 pub use middleware::{BearerAuth, api_http_client};
 pub use sink::{CallbackSink, KeysSink, KeysUpdate, MemorySink, SinkError};
+pub use store::{AccountId, CredentialStore, HolderId};
 pub use strategy::{DEFAULT_SKEW, OnRejection, Proactive, Strategy};

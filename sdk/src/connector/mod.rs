@@ -75,7 +75,7 @@ pub use event::{
     CollectingEmitter, EmitError, Emitter, ErrorPayload, Event, HttpReply, KeysNotice,
 };
 pub use message::Message;
-pub use session::{DiscardEmitter, Outcome, Session, StepConfig};
+pub use session::{DiscardEmitter, Outcome, Session, SharedCredential, StepConfig};
 
 /// A trigger or action a connector handles, by its component.json name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,7 +12,10 @@ use super::{
     AuthSetup, Connector, ConnectorError, Context, EmitError, Emitter, ErrorPayload, Event, Input,
     Message, Verification, VerifyContext,
 };
-use crate::auth::{KeysSink, KeysUpdate, RefreshReason, TokenManager, api_http_client};
+use crate::auth::{
+    AccountId, CredentialStore, HolderId, KeysSink, KeysUpdate, RefreshReason, TokenManager,
+    api_http_client,
+};
 use crate::credentials::Credentials;
 
 /// What a step runs with: its configuration fields, its credential and its snapshot.
@@ -48,6 +51,18 @@ impl StepConfig {
             snapshot,
         })
     }
+}
+
+/// A step credential kept in a [`CredentialStore`] shared with other workers: the session's
+/// token manager refreshes only through the store (see [`crate::auth::store`]).
+#[derive(Clone)]
+pub struct SharedCredential {
+    /// The store.
+    pub store: Arc<dyn CredentialStore>,
+    /// The account the credential is stored as.
+    pub account: AccountId,
+    /// The stored generation of the step's credentials.
+    pub generation: u64,
 }
 
 /// How processing one message ended.
@@ -158,6 +173,17 @@ impl<C: Connector> Session<C> {
         step: StepConfig,
         sink: Arc<dyn KeysSink>,
     ) -> Result<Self, ConnectorError> {
+        Self::with_shared_credential(connector, step, sink, None)
+    }
+
+    /// As [`new`](Self::new); with `shared`, the credential's refreshes go through the store
+    /// (whose outbox publishes the `updateKeys`) instead of `sink`.
+    pub fn with_shared_credential(
+        connector: Arc<C>,
+        step: StepConfig,
+        sink: Arc<dyn KeysSink>,
+        shared: Option<SharedCredential>,
+    ) -> Result<Self, ConnectorError> {
         let setup = match &step.credentials {
             Some(credentials) => connector.auth(credentials)?,
             None => None,
@@ -171,9 +197,16 @@ impl<C: Connector> Session<C> {
                     api_origins,
                     origin_token_field,
                 } = setup;
-                let manager = TokenManager::builder(credentials, endpoint, sink.clone())
-                    .strategy(strategy)
-                    .build();
+                let mut builder =
+                    TokenManager::builder(credentials, endpoint, sink.clone()).strategy(strategy);
+                if let Some(shared) = shared {
+                    builder = builder.generation(shared.generation).store(
+                        shared.store,
+                        shared.account,
+                        HolderId::for_this_process(),
+                    );
+                }
+                let manager = builder.build();
                 let mut auth = crate::auth::BearerAuth::new(manager.clone());
                 for origin in &api_origins {
                     auth = auth.allow_origin(origin)?;

@@ -10,6 +10,10 @@ use super::{Secret, jwt};
 /// `expires_in` is relative to the moment the token response was received, which is lost once
 /// keys are stored, so the absolute instant is written beside it.
 pub const EXPIRES_AT_KEY: &str = "expires_at";
+/// Where Deckhand stores when the token set was obtained (seconds since the Unix epoch), so a
+/// process that loads stored keys knows the token's lifetime (and refreshes it early by the
+/// same margin as the process that obtained it).
+pub const OBTAINED_AT_KEY: &str = "obtained_at";
 
 const ACCESS_TOKEN: &str = "access_token";
 const REFRESH_TOKEN: &str = "refresh_token";
@@ -116,6 +120,15 @@ impl TokenSet {
             None => token.set_expiry_from_jwt(),
         }
         token.extra.remove(EXPIRES_AT_KEY);
+        if let Some(Some(at)) = token
+            .extra
+            .remove(OBTAINED_AT_KEY)
+            .as_ref()
+            .and_then(seconds_of)
+            .map(|s| UNIX_EPOCH.checked_add(Duration::from_secs_f64(s)))
+        {
+            token.obtained_at = Some(at);
+        }
         token
     }
 
@@ -313,6 +326,12 @@ impl TokenSet {
             .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
         {
             map.insert(EXPIRES_AT_KEY.to_owned(), Value::from(secs.as_secs()));
+            if let Some(obtained) = self
+                .obtained_at
+                .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
+            {
+                map.insert(OBTAINED_AT_KEY.to_owned(), Value::from(obtained.as_secs()));
+            }
         }
         map
     }
@@ -470,5 +489,27 @@ mod tests {
         let dbg = format!("{t:?}");
         assert!(!dbg.contains("SECRET"), "{dbg}");
         assert!(dbg.contains("signature"), "{dbg}");
+    }
+}
+
+#[cfg(test)]
+mod stored_lifetime_tests {
+    use super::*;
+
+    #[test]
+    fn stored_keys_keep_when_the_token_was_obtained() {
+        let received = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let body = serde_json::json!({"access_token": "a", "expires_in": 120});
+        let Value::Object(body) = body else {
+            unreachable!()
+        };
+        let token = TokenSet::from_response(body, received).unwrap();
+        let reloaded = TokenSet::from_stored(token.to_keys());
+        assert_eq!(reloaded.obtained_at(), Some(received));
+        assert_eq!(
+            reloaded.expires_at(),
+            Some(received + Duration::from_secs(120))
+        );
+        assert!(!reloaded.extras().contains_key(OBTAINED_AT_KEY));
     }
 }

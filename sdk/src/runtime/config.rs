@@ -447,6 +447,36 @@ pub struct RuntimeConfig {
     pub log: LogContext,
     /// Settings that were accepted but adjusted or are risky; logged as warnings at start-up.
     pub notices: Vec<ConfigProblem>,
+    /// The shared credential store (`DECKHAND_STORE_URL` set), or `None` for today's
+    /// behaviour (keys from the step, rotations as `updateKeys`).
+    pub credential_store: Option<CredentialStoreSettings>,
+}
+
+/// Where a worker keeps its credential when several workers share it (Deckhand addition):
+/// `DECKHAND_STORE_URL` (`postgres://…`), `DECKHAND_STORE_KEYS` (required with it; see
+/// [`crate::store::STORE_KEYS_ENV`]), `DECKHAND_STORE_SCHEMA` (default `deckhand`),
+/// `DECKHAND_STORE_LEASE_MS` (default 15000, at least 500).
+#[derive(Debug, Clone)]
+pub struct CredentialStoreSettings {
+    /// The PostgreSQL URL (may hold a password).
+    pub url: Secret,
+    /// The encryption keys.
+    pub keys: crate::store::KeyRing,
+    /// The schema.
+    pub schema: String,
+    /// The lease.
+    pub lease: Duration,
+}
+
+impl CredentialStoreSettings {
+    /// The store's options.
+    pub fn options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            schema: self.schema.clone(),
+            lease: self.lease,
+            ..crate::store::StoreOptions::default()
+        }
+    }
 }
 
 /// Settings of a shutdown-hook container (`ELASTICIO_HOOK_SHUTDOWN` set): no AMQP, no crypto.
@@ -651,6 +681,7 @@ impl RuntimeConfig {
         let component_path = r.optional("COMPONENT_PATH").unwrap_or_default();
         let additional_headers = r.additional_headers();
         let log = r.log_context();
+        let credential_store = r.credential_store();
 
         r.finish()?;
         // `finish` returned Ok, so every required value was present and valid; the
@@ -698,6 +729,7 @@ impl RuntimeConfig {
             additional_headers,
             log,
             notices,
+            credential_store,
         })
     }
 
@@ -838,7 +870,7 @@ impl Reader {
     }
 
     fn problem(&mut self, key: &str, reason: impl Into<String>) {
-        let var = if key == STEP_FILE_VAR || key == "LOG_LEVEL" {
+        let var = if key == STEP_FILE_VAR || key == "LOG_LEVEL" || key.starts_with("DECKHAND_") {
             key.to_owned()
         } else {
             format!("{PREFIX}{key}")
@@ -1106,6 +1138,70 @@ impl Reader {
             }
         }
         AdditionalHeaders(headers)
+    }
+
+    fn credential_store(&mut self) -> Option<CredentialStoreSettings> {
+        use crate::store::{KeyRing, STORE_KEYS_ENV, STORE_URL_ENV};
+        let get = |key: &str| self.vars.get(key).filter(|v| !v.is_empty()).cloned();
+        let url = get(STORE_URL_ENV)?;
+        let (keys, schema, lease) = (
+            get(STORE_KEYS_ENV),
+            get("DECKHAND_STORE_SCHEMA"),
+            get("DECKHAND_STORE_LEASE_MS"),
+        );
+        let mut ok = true;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+            || url.parse::<sqlx::postgres::PgConnectOptions>().is_err()
+        {
+            // Never echo the URL: it may carry a password.
+            self.problem(STORE_URL_ENV, "is not a postgres:// URL");
+            ok = false;
+        }
+        let keys = match keys.map(|spec| KeyRing::parse(&spec)) {
+            Some(Ok(ring)) => Some(ring),
+            Some(Err(e)) => {
+                self.problem(STORE_KEYS_ENV, e.to_string());
+                None
+            }
+            None => {
+                self.problem(
+                    STORE_KEYS_ENV,
+                    format!("is missing; {STORE_URL_ENV} needs it"),
+                );
+                None
+            }
+        };
+        let schema = schema.unwrap_or_else(|| "deckhand".into());
+        if schema.is_empty()
+            || schema.len() > 63
+            || !schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            self.problem(
+                "DECKHAND_STORE_SCHEMA",
+                "use 1 to 63 lowercase letters, digits and underscores",
+            );
+            ok = false;
+        }
+        let lease = match lease.map(|v| v.trim().parse::<u64>()) {
+            None => Duration::from_secs(15),
+            Some(Ok(ms)) if ms >= 500 => Duration::from_millis(ms),
+            Some(_) => {
+                self.problem(
+                    "DECKHAND_STORE_LEASE_MS",
+                    "must be a whole number of milliseconds, at least 500",
+                );
+                ok = false;
+                Duration::ZERO
+            }
+        };
+        Some(CredentialStoreSettings {
+            url: Secret::new(url),
+            keys: keys.filter(|_| ok)?,
+            schema,
+            lease,
+        })
     }
 
     fn log_context(&mut self) -> LogContext {
@@ -1496,6 +1592,60 @@ pub(crate) mod tests {
         let c = RuntimeConfig::from_vars(with(base_env(), "ELASTICIO_NO_SELF_PASSTRHOUGH", "true"))
             .unwrap();
         assert!(c.no_self_passthrough);
+    }
+
+    #[test]
+    fn credential_store_settings_are_validated_with_the_rest() {
+        let key = "k1=BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+        let c = RuntimeConfig::from_vars(base_env()).unwrap();
+        assert!(
+            c.credential_store.is_none(),
+            "without the URL, today's behaviour"
+        );
+
+        let env = with(
+            with(
+                base_env(),
+                "DECKHAND_STORE_URL",
+                "postgres://u:hunter2@127.0.0.1/test",
+            ),
+            "DECKHAND_STORE_KEYS",
+            key,
+        );
+        let store = RuntimeConfig::from_vars(env)
+            .unwrap()
+            .credential_store
+            .unwrap();
+        assert_eq!(
+            (store.schema.as_str(), store.lease),
+            ("deckhand", Duration::from_secs(15))
+        );
+        assert_eq!(store.keys.current_key_id(), "k1");
+        let debug = format!("{store:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("BwcHB"),
+            "{debug}"
+        );
+
+        let bad = with(
+            with(
+                with(base_env(), "DECKHAND_STORE_URL", "mysql://u:hunter2@h/db"),
+                "DECKHAND_STORE_LEASE_MS",
+                "10",
+            ),
+            "DECKHAND_STORE_SCHEMA",
+            "Bad-Schema",
+        );
+        let e = RuntimeConfig::from_vars(bad).unwrap_err();
+        for var in [
+            "DECKHAND_STORE_URL",
+            "DECKHAND_STORE_KEYS",
+            "DECKHAND_STORE_LEASE_MS",
+            "DECKHAND_STORE_SCHEMA",
+        ] {
+            assert!(e.mentions(var), "{var} not reported in:\n{e}");
+        }
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]

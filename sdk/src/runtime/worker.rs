@@ -92,6 +92,9 @@ pub enum StartError {
     /// The connector could not be set up.
     #[error("{0}")]
     Connector(#[from] crate::connector::ConnectorError),
+    /// The credential store (`DECKHAND_STORE_URL`) could not be used.
+    #[error("the credential store: {0}")]
+    Store(String),
 }
 
 /// Loads the step from the platform API (with Sailor's retries) or the step file.
@@ -460,6 +463,11 @@ pub struct Worker<C: Connector> {
     transport: Transport,
     session: Arc<Session<C>>,
     flags: StepFlags,
+    /// The credential store's outbox relay, and how to stop it.
+    relay: Option<(
+        tokio::task::JoinHandle<()>,
+        tokio::sync::oneshot::Sender<()>,
+    )>,
 }
 
 impl<C: Connector> Worker<C> {
@@ -515,12 +523,26 @@ impl<C: Connector> Worker<C> {
             }
             _ => Arc::new(amqp_sink),
         };
-        let session = Arc::new(Session::new(connector, step_config, sink)?);
+        let (step_config, shared, relay) = match &cfg.credential_store {
+            Some(settings) => {
+                let relay_sink =
+                    AmqpKeysSink::new(cfg.clone(), transport.publisher(), flags.clone());
+                attach_store(settings, &flags, step_config, relay_sink).await?
+            }
+            None => (step_config, None, None),
+        };
+        let session = Arc::new(Session::with_shared_credential(
+            connector,
+            step_config,
+            sink,
+            shared,
+        )?);
         let worker = Self {
             cfg,
             transport,
             session,
             flags,
+            relay,
         };
         if let Err(e) = worker
             .session
@@ -637,6 +659,18 @@ impl<C: Connector> Worker<C> {
         // last handle, the channel's close would race the connection's, and lapin would log an
         // ERROR on every graceful stop.
         consumer.close().await;
+        if let Some((relay, stop)) = self.relay {
+            // One last pass publishes what the drained messages rotated.
+            let _ = stop.send(());
+            if tokio::time::timeout(Duration::from_secs(10), relay)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "the credential store's outbox relay did not stop within 10 s; the next worker publishes what is left"
+                );
+            }
+        }
         self.transport.close().await;
         tracing::info!("worker stopped");
         if flushed { EXIT_OK } else { EXIT_FAILURE }
@@ -654,6 +688,88 @@ impl<C: Connector> Worker<C> {
             .flush_keys_before_exit(credential, budget)
             .await
     }
+}
+
+type Relay = (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::oneshot::Sender<()>,
+);
+
+/// Keeps the step's credential in the credential store: seeds it from the step the first time,
+/// loads it from the store after that, and relays the store's outbox as `updateKeys` through
+/// the worker's publisher (with confirms).
+async fn attach_store(
+    settings: &super::config::CredentialStoreSettings,
+    flags: &StepFlags,
+    mut step: StepConfig,
+    relay_sink: AmqpKeysSink,
+) -> Result<
+    (
+        StepConfig,
+        Option<crate::connector::SharedCredential>,
+        Option<Relay>,
+    ),
+    StartError,
+> {
+    use crate::auth::{AccountId, CredentialStore};
+    use crate::store::{OutboxEntry, PgCredentialStore};
+
+    let Some(credentials) = step.credentials.clone() else {
+        return Ok((step, None, None));
+    };
+    let account = flags.account_id.as_deref().ok_or_else(|| {
+        StartError::Store("DECKHAND_STORE_URL needs an `_account` in the step config".into())
+    })?;
+    let account = AccountId::new(account).map_err(|e| StartError::Store(e.to_string()))?;
+    let store = PgCredentialStore::connect(
+        settings.url.expose(),
+        settings.keys.clone(),
+        settings.options(),
+    )
+    .await
+    .map_err(|e| StartError::Store(e.to_string()))?;
+    let stored = store
+        .seed(&account, &credentials, 0)
+        .await
+        .map_err(|e| StartError::Store(e.to_string()))?;
+    tracing::info!(
+        account = %account,
+        generation = stored.generation,
+        state = stored.state.as_str(),
+        "credential loaded from the credential store"
+    );
+    step.credentials = Some(stored.credentials);
+    let shared = crate::connector::SharedCredential {
+        store: Arc::new(store.clone()),
+        account: account.clone(),
+        generation: stored.generation,
+    };
+    let sink = Arc::new(relay_sink);
+    let publish: Arc<
+        dyn Fn(OutboxEntry) -> futures_util::future::BoxFuture<'static, Result<(), String>>
+            + Send
+            + Sync,
+    > = Arc::new(move |entry: OutboxEntry| {
+        let sink = sink.clone();
+        Box::pin(async move { sink.persist(&entry.update).await.map_err(|e| e.0) })
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        store
+            .run_relay(
+                Some(account.clone()),
+                Duration::from_secs(1),
+                publish.clone(),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await;
+        if let Err(e) = store.relay_outbox(Some(&account), publish.as_ref()).await {
+            tracing::warn!(error = %e, "the last outbox relay pass failed; the next worker publishes what is left");
+        }
+    });
+    Ok((step, Some(shared), Some((task, stop))))
 }
 
 fn shutdown_signals() -> impl std::future::Future<Output = ()> + Send + 'static {

@@ -51,6 +51,14 @@ pub enum RefreshRotation {
     /// No new refresh token is returned; the original one stays valid
     /// (Salesforce without Refresh Token Rotation).
     Off,
+    /// Like [`Strict`](Self::Strict), but a used refresh token may be presented again for
+    /// `window` after its first use and still gets a new token set (the reuse grace period of
+    /// Okta, Auth0, Cognito, Xero). After the window, reuse answers `invalid_grant` and revokes
+    /// the family.
+    Grace {
+        /// How long after its first use a refresh token is still accepted.
+        window: std::time::Duration,
+    },
 }
 
 /// Shape of the access tokens handed out by the Salesforce-style token endpoint.

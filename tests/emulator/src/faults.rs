@@ -1,6 +1,7 @@
 //! Fault injection: queued failures served instead of the normal answer.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 /// A failure served by a resource endpoint (Salesforce data / Graph API) instead of the
 /// normal answer. The body has the emulated provider's error shape.
@@ -41,6 +42,12 @@ pub enum TokenFault {
     },
     /// 500 `{"error":"server_error"}`.
     InternalServerError,
+    /// Waits this long, then serves the request normally (a slow provider).
+    Latency(Duration),
+    /// Serves the request normally (a refresh token is rotated), then holds the answer back
+    /// this long before sending it: a client whose deadline is shorter never sees the
+    /// rotation, like a response lost after the provider processed it.
+    Stall(Duration),
     /// The grant is processed as usual (under strict rotation the presented refresh token is
     /// spent and a new one issued), then the connection is reset before the answer's body is
     /// sent: the client cannot tell whether its grant was processed, and a strict provider
@@ -53,4 +60,6 @@ pub enum TokenFault {
 pub(crate) struct FaultQueues {
     pub(crate) resource: VecDeque<ResourceFault>,
     pub(crate) token: VecDeque<TokenFault>,
+    /// Added to every token request (after any queued fault), until changed.
+    pub(crate) token_latency: Duration,
 }

@@ -397,6 +397,11 @@ impl Emulator {
             .extend(std::iter::repeat_n(fault, n));
     }
 
+    /// Delays every token request by `latency` (zero turns it off), on top of queued faults.
+    pub fn set_token_latency(&self, latency: Duration) {
+        lock(&self.shared.faults).token_latency = latency;
+    }
+
     /// Drops every pending injected fault.
     pub fn clear_faults(&self) {
         let mut faults = lock(&self.shared.faults);

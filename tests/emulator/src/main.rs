@@ -36,6 +36,9 @@ struct Args {
     /// Records per Salesforce query page.
     #[arg(long, default_value_t = 2000)]
     salesforce_page_size: usize,
+    /// Reuse window of a used refresh token under `--*-rotation grace`, in seconds.
+    #[arg(long, default_value_t = 30)]
+    grace_window_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -50,14 +53,17 @@ enum Rotation {
     Strict,
     Lenient,
     Off,
+    /// Single-use with a reuse grace window (`--grace-window-secs`).
+    Grace,
 }
 
-impl From<Rotation> for RefreshRotation {
-    fn from(rotation: Rotation) -> Self {
-        match rotation {
+impl Rotation {
+    fn with_window(self, window: Duration) -> RefreshRotation {
+        match self {
             Rotation::Strict => RefreshRotation::Strict,
             Rotation::Lenient => RefreshRotation::Lenient,
             Rotation::Off => RefreshRotation::Off,
+            Rotation::Grace => RefreshRotation::Grace { window },
         }
     }
 }
@@ -73,8 +79,12 @@ async fn main() -> ExitCode {
             ExpiresIn::String => ExpiresInFormat::String,
             ExpiresIn::Omitted => ExpiresInFormat::Omitted,
         },
-        salesforce_refresh_rotation: args.salesforce_rotation.into(),
-        graph_refresh_rotation: args.graph_rotation.into(),
+        salesforce_refresh_rotation: args
+            .salesforce_rotation
+            .with_window(Duration::from_secs(args.grace_window_secs)),
+        graph_refresh_rotation: args
+            .graph_rotation
+            .with_window(Duration::from_secs(args.grace_window_secs)),
         salesforce_access_token_format: if args.salesforce_jwt {
             AccessTokenFormat::Jwt
         } else {

@@ -84,7 +84,7 @@ pub(crate) async fn microsoft_token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    token_request(&shared, Provider::Microsoft, &tenant, &headers, &body)
+    token_request(&shared, Provider::Microsoft, &tenant, &headers, &body).await
 }
 
 /// `POST /services/oauth2/token`.
@@ -93,10 +93,10 @@ pub(crate) async fn salesforce_token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    token_request(&shared, Provider::Salesforce, ORG_ID, &headers, &body)
+    token_request(&shared, Provider::Salesforce, ORG_ID, &headers, &body).await
 }
 
-fn token_request(
+async fn token_request(
     shared: &Shared,
     provider: Provider,
     tenant: &str,
@@ -117,15 +117,52 @@ fn token_request(
         _ => bump(&counters.other_grant_requests),
     }
 
-    let fault = lock(&shared.faults).token.pop_front();
-    let drop_response = fault == Some(TokenFault::DropResponseAfterRotation);
-    if let Some(fault) = fault {
-        bump(&counters.faults_served);
-        if !drop_response {
+    let (fault, latency) = {
+        let mut faults = lock(&shared.faults);
+        (faults.token.pop_front(), faults.token_latency)
+    };
+    let mut stall = None;
+    let mut drop_response = false;
+    match fault {
+        Some(TokenFault::Latency(delay)) => {
+            bump(&counters.faults_served);
+            tokio::time::sleep(delay).await;
+        }
+        Some(TokenFault::Stall(delay)) => {
+            bump(&counters.faults_served);
+            stall = Some(delay);
+        }
+        Some(TokenFault::DropResponseAfterRotation) => {
+            bump(&counters.faults_served);
+            drop_response = true;
+        }
+        Some(fault) => {
+            bump(&counters.faults_served);
             return fault_response(shared, fault);
         }
+        None => {}
     }
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let response = answer_token_request(shared, provider, tenant, headers, form);
+    if drop_response {
+        // Whatever the grant's outcome, the client never sees it.
+        return reset_connection();
+    }
+    if let Some(delay) = stall {
+        tokio::time::sleep(delay).await;
+    }
+    response
+}
 
+fn answer_token_request(
+    shared: &Shared,
+    provider: Provider,
+    tenant: &str,
+    headers: &HeaderMap,
+    form: Result<HashMap<String, String>, OAuthError>,
+) -> Response {
     let result = form.and_then(|form| {
         let client = authenticate_client(shared, headers, &form)?;
         match form.get("grant_type").map(String::as_str) {
@@ -143,10 +180,6 @@ fn token_request(
             )),
         }
     });
-    if drop_response {
-        // Whatever the grant's outcome, the client never sees it.
-        return reset_connection();
-    }
     match result {
         Ok(body) => {
             let mut response = json_response(StatusCode::OK, body);
@@ -175,7 +208,7 @@ fn fault_response(shared: &Shared, fault: TokenFault) -> Response {
             "temporarily_unavailable",
             retry_after_secs,
         ),
-        TokenFault::InternalServerError => {
+        TokenFault::InternalServerError | TokenFault::Latency(_) | TokenFault::Stall(_) => {
             (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None)
         }
         TokenFault::DropResponseAfterRotation => return reset_connection(),

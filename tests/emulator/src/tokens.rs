@@ -37,7 +37,8 @@ pub(crate) struct Family {
 #[derive(Debug)]
 struct RefreshRecord {
     family: String,
-    used: bool,
+    /// When it was first redeemed (single-use modes).
+    used_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -116,7 +117,7 @@ impl TokenStore {
             token.clone(),
             RefreshRecord {
                 family: family_id.to_owned(),
-                used: false,
+                used_at: None,
             },
         );
         token
@@ -137,7 +138,7 @@ impl TokenStore {
             return Err(fail("The refresh token is unknown or malformed."));
         };
         let family_id = record.family.clone();
-        let used = record.used;
+        let used_at = record.used_at;
         let Some(family) = self.families.get(&family_id).cloned() else {
             return Err(fail("The refresh token is unknown or malformed."));
         };
@@ -147,7 +148,11 @@ impl TokenStore {
         if family.client_id != client_id {
             return Err(fail("The refresh token was issued to a different client."));
         }
-        if used {
+        let within_grace = match (rotation, used_at) {
+            (RefreshRotation::Grace { window }, Some(at)) => at.elapsed() <= window,
+            _ => false,
+        };
+        if used_at.is_some() && !within_grace {
             self.revoke_family(&family_id);
             return Err(RedeemFailed {
                 description: "The refresh token has already been used; \
@@ -156,9 +161,9 @@ impl TokenStore {
             });
         }
         let refresh_token = match rotation {
-            RefreshRotation::Strict => {
+            RefreshRotation::Strict | RefreshRotation::Grace { .. } => {
                 if let Some(record) = self.refresh.get_mut(token) {
-                    record.used = true;
+                    record.used_at.get_or_insert_with(Instant::now);
                 }
                 Some(self.new_refresh_token(&family_id))
             }
@@ -251,7 +256,7 @@ impl TokenStore {
     /// under strict rotation, its family not revoked.
     pub(crate) fn is_refresh_live(&self, token: &str) -> bool {
         self.refresh.get(token).is_some_and(|record| {
-            !record.used
+            record.used_at.is_none()
                 && self
                     .families
                     .get(&record.family)
@@ -319,6 +324,21 @@ mod tests {
             .redeem_refresh(&rt2, "c", RefreshRotation::Strict)
             .unwrap_err();
         assert!(!newest.revoked_family);
+    }
+
+    #[test]
+    fn grace_accepts_reuse_within_the_window_only() {
+        let (mut store, family, rt1) = store_with_family();
+        let grace = RefreshRotation::Grace {
+            window: Duration::from_millis(200),
+        };
+        let rt2 = store.redeem_refresh(&rt1, "c", grace).unwrap();
+        let again = store.redeem_refresh(&rt1, "c", grace).unwrap();
+        assert_ne!(rt2.refresh_token, again.refresh_token);
+        std::thread::sleep(Duration::from_millis(250));
+        let late = store.redeem_refresh(&rt1, "c", grace).unwrap_err();
+        assert!(late.revoked_family);
+        assert!(store.family(&family).unwrap().revoked);
     }
 
     #[test]
