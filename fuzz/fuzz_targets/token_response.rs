@@ -20,13 +20,17 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let received_at = UNIX_EPOCH + Duration::from_secs(u64::from(clock) * 86_400 * 200);
+    // `Debug` lists the names of extra fields: a token that happens to be part of a field
+    // name shows through that name, which is not a leak (found by this target: the key
+    // `[&&&…&` and the token `[&&&&&&&&`; kept in fuzz/regressions/token_response/).
+    let names: Vec<String> = map.keys().cloned().collect();
     let Ok(token) = TokenSet::from_response(map, received_at) else {
         return;
     };
     let debug = format!("{token:?}");
     if let Some(secret) = token.access_token() {
         let secret = secret.expose();
-        if secret.len() >= 8 {
+        if secret.len() >= 8 && !names.iter().any(|n| n.contains(secret)) {
             assert!(!debug.contains(secret), "the access token leaked into Debug");
         }
     }
