@@ -488,6 +488,9 @@ impl Flow {
             ("MESSAGE_CRYPTO_PASSWORD", PASSWORD.to_owned()),
             ("MESSAGE_CRYPTO_IV", IV.to_owned()),
             ("PROTOCOL_VERSION", self.version.number().to_string()),
+            // Deckhand's default (Node's is transient): both sides publish alike, so the
+            // wire shapes compare.
+            ("AMQP_PERSISTENT_MESSAGES", "true".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (format!("ELASTICIO_{k}"), v))
