@@ -1,24 +1,26 @@
 //! The `sendMail` action and the `readMail` polling trigger.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use deckhand::connector::{ConnectorError, Context, Input, Message};
+use deckhand::connector::{Config, ConnectorError, Context, Message, Snapshot, field};
+use serde::{Deserialize, Deserializer, de::Error as _};
 use serde_json::{Value, json};
 
 use crate::graph::Graph;
-use crate::settings::AuthMode;
-use crate::users::body_text;
+use crate::settings::{AuthMode, Settings};
+use crate::users::{body_text, required_text};
 
 /// Messages per page when polling (Graph's maximum is 1000).
 const MAIL_PAGE_SIZE: u32 = 50;
 
 /// `sendMail`: sends a mail from `from` (a user id or UPN), or from the signed-in user.
 pub(crate) async fn send_mail(
-    graph: &Graph<'_>,
-    mode: AuthMode,
-    input: &Input,
-    ctx: &Context,
+    graph: Graph,
+    settings: Config<Settings>,
+    input: Message,
+    ctx: Context,
 ) -> Result<(), ConnectorError> {
-    let from = body_text(input, "from")?.map(str::trim);
+    let mode = settings.mode;
+    let from = body_text(&input, "from")?.map(str::trim);
     let url = match from {
         Some(user) => graph.url(&["users", user, "sendMail"]),
         None if mode == AuthMode::Delegated => graph.url(&["me", "sendMail"]),
@@ -29,12 +31,12 @@ pub(crate) async fn send_mail(
             ));
         }
     };
-    let to = addresses(input, "to")?;
+    let to = addresses(&input, "to")?;
     if to.is_empty() {
         return Err(invalid_input("`to` needs at least one address"));
     }
-    let subject = input.body_str("subject")?;
-    let content_type = match body_text(input, "contentType")?.map(|t| t.trim().to_ascii_lowercase())
+    let subject = required_text(&input, "subject")?;
+    let content_type = match body_text(&input, "contentType")?.map(|t| t.trim().to_ascii_lowercase())
     {
         None => "Text",
         Some(t) if t == "text" => "Text",
@@ -45,7 +47,7 @@ pub(crate) async fn send_mail(
             )));
         }
     };
-    let save_to_sent_items = match input.message.body.get("saveToSentItems") {
+    let save_to_sent_items = match input.body.get("saveToSentItems") {
         None | Some(Value::Null) => true,
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(invalid_input("`saveToSentItems` must be true or false")),
@@ -53,10 +55,10 @@ pub(crate) async fn send_mail(
     let request = json!({
         "message": {
             "subject": subject,
-            "body": {"contentType": content_type, "content": body_text(input, "body")?.unwrap_or("")},
+            "body": {"contentType": content_type, "content": body_text(&input, "body")?.unwrap_or("")},
             "toRecipients": recipients(&to),
-            "ccRecipients": recipients(&addresses(input, "cc")?),
-            "bccRecipients": recipients(&addresses(input, "bcc")?),
+            "ccRecipients": recipients(&addresses(&input, "cc")?),
+            "bccRecipients": recipients(&addresses(&input, "bcc")?),
         },
         "saveToSentItems": save_to_sent_items,
     });
@@ -72,7 +74,7 @@ pub(crate) async fn send_mail(
 }
 
 /// Addresses from an array of strings, or from one string separated by `,` or `;`.
-fn addresses(input: &Input, field: &str) -> Result<Vec<String>, ConnectorError> {
+fn addresses(input: &Message, field: &str) -> Result<Vec<String>, ConnectorError> {
     let split = |s: &str| -> Vec<String> {
         s.split([',', ';'])
             .map(str::trim)
@@ -80,7 +82,7 @@ fn addresses(input: &Input, field: &str) -> Result<Vec<String>, ConnectorError> 
             .map(str::to_owned)
             .collect()
     };
-    match input.message.body.get(field) {
+    match input.body.get(field) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(split(s)),
         Some(Value::Array(items)) => items
@@ -102,6 +104,29 @@ fn recipients(addresses: &[String]) -> Value {
         .collect()
 }
 
+/// The step configuration of `readMail`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ReadMail {
+    /// The user whose mailbox is read (required for app-only credentials).
+    #[serde(default, deserialize_with = "field::optional")]
+    mailbox: Option<String>,
+    /// A mail folder id or well-known name (`inbox`); all folders when absent.
+    #[serde(default, deserialize_with = "field::optional")]
+    folder: Option<String>,
+    /// Where the first poll starts; the beginning of time when absent.
+    #[serde(default, deserialize_with = "date_time")]
+    start_time: Option<DateTime<Utc>>,
+}
+
+fn date_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+    let text: Option<String> = field::optional(d)?;
+    text.map(|t| {
+        parse_time(&t).ok_or_else(|| D::Error::custom(format!("`{t}` is not an ISO 8601 date-time")))
+    })
+    .transpose()
+}
+
 /// `readMail`: emits every message received since the last poll, oldest first, and moves the
 /// position in the snapshot forward.
 ///
@@ -110,19 +135,20 @@ fn recipients(addresses: &[String]) -> Value {
 /// <position>`, so a message that arrives later with the same timestamp is still found, and
 /// the ids make sure those already emitted are not emitted twice.
 pub(crate) async fn read_mail(
-    graph: &Graph<'_>,
-    mode: AuthMode,
-    input: &Input,
-    ctx: &Context,
+    graph: Graph,
+    settings: Config<Settings>,
+    config: Config<ReadMail>,
+    Snapshot(snapshot): Snapshot<Value>,
+    ctx: Context,
 ) -> Result<(), ConnectorError> {
-    let mut position = Position::from_snapshot(&input.snapshot)?;
-    let since = match position.received {
-        Some(at) => at,
-        None => start_time(input)?,
-    };
-    let mut path = match input.config_opt_str("mailbox") {
+    let mut position = Position::from_snapshot(&snapshot)?;
+    let since = position
+        .received
+        .or(config.start_time)
+        .unwrap_or(DateTime::UNIX_EPOCH);
+    let mut path = match config.mailbox.as_deref() {
         Some(user) => vec!["users", user],
-        None if mode == AuthMode::Delegated => vec!["me"],
+        None if settings.mode == AuthMode::Delegated => vec!["me"],
         None => {
             return Err(ConnectorError::named(
                 "InvalidConfiguration",
@@ -131,7 +157,7 @@ pub(crate) async fn read_mail(
             ));
         }
     };
-    if let Some(folder) = input.config_opt_str("folder") {
+    if let Some(folder) = config.folder.as_deref() {
         path.extend(["mailFolders", folder]);
     }
     path.push("messages");
@@ -161,19 +187,6 @@ pub(crate) async fn read_mail(
         }
     }
     Ok(())
-}
-
-/// Where the first poll starts: the `startTime` field, or else the beginning of time.
-fn start_time(input: &Input) -> Result<DateTime<Utc>, ConnectorError> {
-    match input.config_opt_str("startTime") {
-        None => Ok(DateTime::UNIX_EPOCH),
-        Some(start) => parse_time(start).ok_or_else(|| {
-            ConnectorError::named(
-                "InvalidConfiguration",
-                format!("`startTime` `{start}` is not an ISO 8601 date-time"),
-            )
-        }),
-    }
 }
 
 /// Where `readMail` stands: the newest `receivedDateTime` emitted and the ids emitted at it.

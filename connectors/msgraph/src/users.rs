@@ -1,6 +1,6 @@
 //! The `listUsers` and `getUser` actions.
 
-use deckhand::connector::{ConnectorError, Context, Input, Message};
+use deckhand::connector::{ConnectorError, Context, Message};
 use serde_json::Value;
 
 use crate::graph::Graph;
@@ -12,18 +12,18 @@ const MAX_PAGE_SIZE: u64 = 999;
 ///
 /// Body (all optional): `filter` (OData `$filter`), `select` (`$select`), `pageSize` (`$top`).
 pub(crate) async fn list_users(
-    graph: &Graph<'_>,
-    input: &Input,
-    ctx: &Context,
+    graph: Graph,
+    input: Message,
+    ctx: Context,
 ) -> Result<(), ConnectorError> {
     let mut query = Vec::new();
-    if let Some(filter) = body_text(input, "filter")? {
+    if let Some(filter) = body_text(&input, "filter")? {
         query.push(("$filter", filter.to_owned()));
     }
-    if let Some(select) = body_text(input, "select")? {
+    if let Some(select) = body_text(&input, "select")? {
         query.push(("$select", select.to_owned()));
     }
-    if let Some(size) = page_size(input)? {
+    if let Some(size) = page_size(&input)? {
         query.push(("$top", size.to_string()));
     }
     let mut url = graph.url(&["users"]);
@@ -41,11 +41,11 @@ pub(crate) async fn list_users(
 
 /// `getUser`: one user by id or userPrincipalName (`userId`), with an optional `select`.
 pub(crate) async fn get_user(
-    graph: &Graph<'_>,
-    input: &Input,
-    ctx: &Context,
+    graph: Graph,
+    input: Message,
+    ctx: Context,
 ) -> Result<(), ConnectorError> {
-    let id = input.body_str("userId")?.trim();
+    let id = required_text(&input, "userId")?.trim();
     if id.is_empty() {
         return Err(ConnectorError::named(
             "InvalidInput",
@@ -53,7 +53,7 @@ pub(crate) async fn get_user(
         ));
     }
     let mut url = graph.url(&["users", id]);
-    if let Some(select) = body_text(input, "select")? {
+    if let Some(select) = body_text(&input, "select")? {
         url.query_pairs_mut().append_pair("$select", select);
     }
     match graph.find(url).await? {
@@ -71,10 +71,10 @@ pub(crate) async fn get_user(
 
 /// An optional string field of the body (absent, null and blank mean `None`).
 pub(crate) fn body_text<'a>(
-    input: &'a Input,
+    input: &'a Message,
     field: &str,
 ) -> Result<Option<&'a str>, ConnectorError> {
-    match input.message.body.get(field) {
+    match input.body.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -85,8 +85,18 @@ pub(crate) fn body_text<'a>(
     }
 }
 
-fn page_size(input: &Input) -> Result<Option<u64>, ConnectorError> {
-    let value = match input.message.body.get("pageSize") {
+/// A string field of the body that must be there (blank is allowed).
+pub(crate) fn required_text<'a>(input: &'a Message, field: &str) -> Result<&'a str, ConnectorError> {
+    input.body.get(field).and_then(Value::as_str).ok_or_else(|| {
+        ConnectorError::named(
+            "InvalidInput",
+            format!("message body field `{field}` is required and must be a string"),
+        )
+    })
+}
+
+fn page_size(input: &Message) -> Result<Option<u64>, ConnectorError> {
+    let value = match input.body.get("pageSize") {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => return Ok(None),
         // Mappers often produce numbers as strings.

@@ -1,9 +1,11 @@
-//! The [`Connector`] trait, its execution [`Context`] and [`Event`]s, and the [`Session`] that
-//! runs it — the same for every transport (AMQP runtime, local transport, `exec`).
+//! The [`Connector`] trait, its execution [`Context`] and [`Event`]s, the [`Router`] of its
+//! functions, and the [`Session`] that runs it — the same for every transport (AMQP runtime,
+//! local transport, `exec`).
 //!
-//! A connector names its triggers and actions ([`Connector::functions`]), says how its
-//! credential gets tokens ([`Connector::auth`]), verifies credentials, and processes messages.
-//! Functions emit events through the [`Context`]; returning `Err` emits an `error` event.
+//! A connector registers its triggers and actions as `async fn` handlers in a [`Router`]
+//! ([`Connector::router`]; see the [`router`] module for what a handler can take), says how
+//! its credential gets tokens ([`Connector::auth`]), and verifies credentials. Handlers emit
+//! events through the [`Context`]; returning `Err` emits an `error` event.
 //!
 //! # Example
 //! ```
@@ -16,26 +18,26 @@
 //!
 //! struct Echo;
 //!
+//! #[derive(serde::Deserialize)]
+//! struct EchoConfig {
+//!     greeting: String,
+//! }
+//!
+//! async fn echo(config: Config<EchoConfig>, message: Message, ctx: Context)
+//!     -> Result<(), ConnectorError> {
+//!     ctx.emit_data(Message::new(json!({"said": config.greeting, "got": message.body})))
+//!         .await?;
+//!     Ok(())
+//! }
+//!
 //! #[async_trait]
 //! impl Connector for Echo {
-//!     fn functions(&self) -> Vec<Function> {
-//!         vec![Function::action("echo")]
+//!     fn router(&self) -> Router<Self> {
+//!         Router::new().action("echo", echo)
 //!     }
 //!     async fn verify_credentials(&self, _: &Credentials, _: &VerifyContext)
 //!         -> Result<Verification, ConnectorError> {
 //!         Ok(Verification::Verified)
-//!     }
-//!     async fn process(&self, function: &str, input: Input, ctx: &Context)
-//!         -> Result<(), ConnectorError> {
-//!         match function {
-//!             "echo" => {
-//!                 let greeting = input.config_str("greeting")?;
-//!                 ctx.emit_data(Message::new(json!({"said": greeting, "got": input.message.body})))
-//!                     .await?;
-//!                 Ok(())
-//!             }
-//!             other => Err(ConnectorError::new(format!("no function {other}"))),
-//!         }
 //!     }
 //! }
 //!
@@ -57,7 +59,9 @@
 mod context;
 mod error;
 mod event;
+pub mod field;
 mod message;
+pub mod router;
 mod session;
 
 use async_trait::async_trait;
@@ -75,6 +79,7 @@ pub use event::{
     CollectingEmitter, EmitError, Emitter, ErrorPayload, Event, HttpReply, KeysNotice,
 };
 pub use message::Message;
+pub use router::{Body, Call, Config, FromCall, Handler, HandlerFuture, Router, Snapshot};
 pub use session::{DiscardEmitter, Outcome, Session, SharedCredential, StepConfig};
 
 /// A trigger or action a connector handles, by its component.json name.
@@ -104,7 +109,8 @@ impl Function {
     }
 }
 
-/// What a function processes.
+/// The untyped input of a function: what a [`fallback`](Router::fallback) handler (or any
+/// handler taking an `Input` argument) gets, for functions only known at run time.
 ///
 /// `Debug` shows the names of the configuration fields, never their values: the configuration
 /// holds the credential's keys.
@@ -278,8 +284,11 @@ impl AuthSetup {
 /// An integration connector: triggers and actions over one credential.
 #[async_trait]
 pub trait Connector: Send + Sync + 'static {
-    /// Every trigger and action this connector handles, by its component.json name.
-    fn functions(&self) -> Vec<Function>;
+    /// The triggers and actions, each with its handler, by their component.json names. The
+    /// session builds it once.
+    fn router(&self) -> Router<Self>
+    where
+        Self: Sized;
 
     /// How `credentials` get access tokens, or `None` when they are used as they are (API
     /// keys, basic auth).
@@ -294,14 +303,6 @@ pub trait Connector: Send + Sync + 'static {
         credentials: &Credentials,
         ctx: &VerifyContext,
     ) -> Result<Verification, ConnectorError>;
-
-    /// Processes one message with the trigger or action named `function`.
-    async fn process(
-        &self,
-        function: &str,
-        input: Input,
-        ctx: &Context,
-    ) -> Result<(), ConnectorError>;
 
     /// Runs when a worker starts, before the first message.
     async fn init(&self, config: &Value) -> Result<(), ConnectorError> {
