@@ -202,5 +202,4 @@ impl Connector for MsGraph {
             _ => Err(graph::error_of(response, &Method::GET, &url).await),
         }
     }
-
 }

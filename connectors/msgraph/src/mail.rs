@@ -36,17 +36,17 @@ pub(crate) async fn send_mail(
         return Err(invalid_input("`to` needs at least one address"));
     }
     let subject = required_text(&input, "subject")?;
-    let content_type = match body_text(&input, "contentType")?.map(|t| t.trim().to_ascii_lowercase())
-    {
-        None => "Text",
-        Some(t) if t == "text" => "Text",
-        Some(t) if t == "html" => "HTML",
-        Some(other) => {
-            return Err(invalid_input(format!(
-                "`contentType` must be `text` or `html`, not `{other}`"
-            )));
-        }
-    };
+    let content_type =
+        match body_text(&input, "contentType")?.map(|t| t.trim().to_ascii_lowercase()) {
+            None => "Text",
+            Some(t) if t == "text" => "Text",
+            Some(t) if t == "html" => "HTML",
+            Some(other) => {
+                return Err(invalid_input(format!(
+                    "`contentType` must be `text` or `html`, not `{other}`"
+                )));
+            }
+        };
     let save_to_sent_items = match input.body.get("saveToSentItems") {
         None | Some(Value::Null) => true,
         Some(Value::Bool(b)) => *b,
@@ -122,7 +122,8 @@ pub(crate) struct ReadMail {
 fn date_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
     let text: Option<String> = field::optional(d)?;
     text.map(|t| {
-        parse_time(&t).ok_or_else(|| D::Error::custom(format!("`{t}` is not an ISO 8601 date-time")))
+        parse_time(&t)
+            .ok_or_else(|| D::Error::custom(format!("`{t}` is not an ISO 8601 date-time")))
     })
     .transpose()
 }

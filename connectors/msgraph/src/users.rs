@@ -86,13 +86,20 @@ pub(crate) fn body_text<'a>(
 }
 
 /// A string field of the body that must be there (blank is allowed).
-pub(crate) fn required_text<'a>(input: &'a Message, field: &str) -> Result<&'a str, ConnectorError> {
-    input.body.get(field).and_then(Value::as_str).ok_or_else(|| {
-        ConnectorError::named(
-            "InvalidInput",
-            format!("message body field `{field}` is required and must be a string"),
-        )
-    })
+pub(crate) fn required_text<'a>(
+    input: &'a Message,
+    field: &str,
+) -> Result<&'a str, ConnectorError> {
+    input
+        .body
+        .get(field)
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            ConnectorError::named(
+                "InvalidInput",
+                format!("message body field `{field}` is required and must be a string"),
+            )
+        })
 }
 
 fn page_size(input: &Message) -> Result<Option<u64>, ConnectorError> {

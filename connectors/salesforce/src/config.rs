@@ -7,8 +7,8 @@
 use std::ops::Deref;
 
 use deckhand::connector::field::{self, Lenient};
-use serde::de::{Deserializer, Error as _};
 use serde::Deserialize;
+use serde::de::{Deserializer, Error as _};
 
 /// Whether `name` is a Salesforce API name: a letter, then letters, digits and underscores.
 pub(crate) fn is_api_name(name: &str) -> bool {

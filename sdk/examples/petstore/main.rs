@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use async_trait::async_trait;
 use deckhand::auth::{Grant, Strategy, TokenEndpoint};
 use deckhand::connector::{
-    AuthSetup, Config, Connector, ConnectorError, Context, ErrorPayload, Message, Router,
-    Snapshot, Verification, VerifyContext,
+    AuthSetup, Config, Connector, ConnectorError, Context, ErrorPayload, Message, Router, Snapshot,
+    Verification, VerifyContext,
 };
 use deckhand::credentials::Credentials;
 use serde::Deserialize;

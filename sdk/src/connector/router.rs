@@ -9,7 +9,7 @@
 //!
 //! The names are written once, in the router; `<connector binary> validate` checks them
 //! against component.json, and a message for a name the router does not know gets an
-//! `UnknownFunction` error event listing the names it does. Connectors whose functions are
+//! `UnknownFunction` error event. Connectors whose functions are
 //! only known at run time register a [`fallback`](Router::fallback) handler, which gets every
 //! other name (read it from [`Context::function`]) and the untyped [`Input`].
 //!
@@ -177,21 +177,9 @@ impl<C> Router<C> {
         if let Some(handler) = self.find(name).or(self.fallback.as_ref()) {
             return Ok(handler);
         }
-        let known: Vec<_> = self
-            .routes
-            .iter()
-            .map(|(f, _)| format!("`{}`", f.name))
-            .collect();
         Err(ConnectorError::named(
             "UnknownFunction",
-            format!(
-                "this component has no trigger or action named `{name}` (it has {})",
-                if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            ),
+            format!("this component has no trigger or action named `{name}`"),
         ))
     }
 }
@@ -199,7 +187,10 @@ impl<C> Router<C> {
 impl<C> std::fmt::Debug for Router<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Router")
-            .field("functions", &self.routes.iter().map(|(f, _)| f.name).collect::<Vec<_>>())
+            .field(
+                "functions",
+                &self.routes.iter().map(|(f, _)| f.name).collect::<Vec<_>>(),
+            )
             .field("fallback", &self.fallback.is_some())
             .finish()
     }
@@ -511,6 +502,14 @@ impl StepInputs {
 /// declared function counts as handled.
 pub fn cross_check<C>(router: &Router<C>, descriptor: &Value) -> Vec<String> {
     let mut problems = Vec::new();
+    let declared_anywhere = |name: &str| {
+        ["triggers", "actions"].iter().any(|section| {
+            descriptor
+                .get(section)
+                .and_then(Value::as_object)
+                .is_some_and(|m| m.contains_key(name))
+        })
+    };
     for (section, kind) in [
         ("triggers", FunctionKind::Trigger),
         ("actions", FunctionKind::Action),
@@ -534,7 +533,8 @@ pub fn cross_check<C>(router: &Router<C>, descriptor: &Value) -> Vec<String> {
             }
         }
         for f in router.functions().filter(|f| f.kind == kind) {
-            if !declared.iter().any(|d| d.as_str() == f.name) {
+            // Declared under the other section: reported above as such.
+            if !declared_anywhere(f.name) {
                 problems.push(format!(
                     "/{section}: the connector handles {} `{}` that component.json does not declare",
                     if kind == FunctionKind::Trigger { "trigger" } else { "action" },
