@@ -1,29 +1,48 @@
 //! The `sendMail` action and the `readMail` polling trigger.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use deckhand::connector::{Config, ConnectorError, Context, Message, Snapshot, field};
+use deckhand::connector::{Body, Config, ConnectorError, Context, Message, Snapshot, field};
 use serde::{Deserialize, Deserializer, de::Error as _};
 use serde_json::{Value, json};
 
 use crate::graph::Graph;
 use crate::settings::{AuthMode, Settings};
-use crate::users::{body_text, required_text};
 
 /// Messages per page when polling (Graph's maximum is 1000).
 const MAIL_PAGE_SIZE: u32 = 50;
+
+/// The body of `sendMail`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SendMail {
+    #[serde(default, deserialize_with = "field::optional")]
+    from: Option<String>,
+    #[serde(default, deserialize_with = "addresses")]
+    to: Vec<String>,
+    #[serde(default, deserialize_with = "addresses")]
+    cc: Vec<String>,
+    #[serde(default, deserialize_with = "addresses")]
+    bcc: Vec<String>,
+    subject: String,
+    #[serde(default, deserialize_with = "content_type")]
+    content_type: Option<String>,
+    #[serde(default, deserialize_with = "field::optional")]
+    body: Option<String>,
+    #[serde(default, deserialize_with = "field::optional")]
+    save_to_sent_items: Option<bool>,
+}
 
 /// `sendMail`: sends a mail from `from` (a user id or UPN), or from the signed-in user.
 pub(crate) async fn send_mail(
     graph: Graph,
     settings: Config<Settings>,
-    input: Message,
+    Body(mail): Body<SendMail>,
     ctx: Context,
 ) -> Result<(), ConnectorError> {
-    let mode = settings.mode;
-    let from = body_text(&input, "from")?.map(str::trim);
+    let from = mail.from.as_deref().map(str::trim);
     let url = match from {
         Some(user) => graph.url(&["users", user, "sendMail"]),
-        None if mode == AuthMode::Delegated => graph.url(&["me", "sendMail"]),
+        None if settings.mode == AuthMode::Delegated => graph.url(&["me", "sendMail"]),
         None => {
             return Err(invalid_input(
                 "an app-only credential sends as a user: give `from` (a user id or \
@@ -31,50 +50,32 @@ pub(crate) async fn send_mail(
             ));
         }
     };
-    let to = addresses(&input, "to")?;
-    if to.is_empty() {
+    if mail.to.is_empty() {
         return Err(invalid_input("`to` needs at least one address"));
     }
-    let subject = required_text(&input, "subject")?;
-    let content_type =
-        match body_text(&input, "contentType")?.map(|t| t.trim().to_ascii_lowercase()) {
-            None => "Text",
-            Some(t) if t == "text" => "Text",
-            Some(t) if t == "html" => "HTML",
-            Some(other) => {
-                return Err(invalid_input(format!(
-                    "`contentType` must be `text` or `html`, not `{other}`"
-                )));
-            }
-        };
-    let save_to_sent_items = match input.body.get("saveToSentItems") {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(invalid_input("`saveToSentItems` must be true or false")),
-    };
     let request = json!({
         "message": {
-            "subject": subject,
-            "body": {"contentType": content_type, "content": body_text(&input, "body")?.unwrap_or("")},
-            "toRecipients": recipients(&to),
-            "ccRecipients": recipients(&addresses(&input, "cc")?),
-            "bccRecipients": recipients(&addresses(&input, "bcc")?),
+            "subject": mail.subject,
+            "body": {"contentType": mail.content_type.as_deref().unwrap_or("Text"), "content": mail.body.unwrap_or_default()},
+            "toRecipients": recipients(&mail.to),
+            "ccRecipients": recipients(&mail.cc),
+            "bccRecipients": recipients(&mail.bcc),
         },
-        "saveToSentItems": save_to_sent_items,
+        "saveToSentItems": mail.save_to_sent_items.unwrap_or(true),
     });
     graph.post(url, &request).await?;
     ctx.emit_data(Message::new(json!({
         "accepted": true,
         "from": from.unwrap_or("me"),
-        "to": to,
-        "subject": subject,
+        "to": mail.to,
+        "subject": mail.subject,
     })))
     .await?;
     Ok(())
 }
 
 /// Addresses from an array of strings, or from one string separated by `,` or `;`.
-fn addresses(input: &Message, field: &str) -> Result<Vec<String>, ConnectorError> {
+fn addresses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let split = |s: &str| -> Vec<String> {
         s.split([',', ';'])
             .map(str::trim)
@@ -82,17 +83,29 @@ fn addresses(input: &Message, field: &str) -> Result<Vec<String>, ConnectorError
             .map(str::to_owned)
             .collect()
     };
-    match input.body.get(field) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(split(s)),
-        Some(Value::Array(items)) => items
+    match Value::deserialize(d)? {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) => Ok(split(&s)),
+        Value::Array(items) => items
             .iter()
             .map(|item| item.as_str().map(split))
             .collect::<Option<Vec<_>>>()
             .map(|lists| lists.concat())
-            .ok_or_else(|| invalid_input(format!("`{field}` must hold strings (addresses)"))),
-        Some(_) => Err(invalid_input(format!(
-            "`{field}` must be an address or a list of addresses"
+            .ok_or_else(|| D::Error::custom("must hold strings (addresses)")),
+        _ => Err(D::Error::custom(
+            "must be an address or a list of addresses",
+        )),
+    }
+}
+
+/// `text` (the default) or `html`, whatever the case, as Graph spells them.
+fn content_type<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let text: Option<String> = field::optional(d)?;
+    match text.map(|t| t.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("text") => Ok(Some("Text".into())),
+        Some("html") => Ok(Some("HTML".into())),
+        Some(other) => Err(D::Error::custom(format!(
+            "must be `text` or `html`, not `{other}`"
         ))),
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! A `CheckBoxView` sends `true`, or `"on"`/`"true"` on older platform versions; a
 //! `TextFieldView` sends numbers as strings; an untouched optional field arrives as `""` or
-//! `null`.
+//! `null`. Mappers do the same in message bodies ([`Body`](super::Body)).
 //!
 //! ```
 //! use deckhand::connector::field;
@@ -42,8 +42,8 @@ pub fn checkbox<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::E
     })
 }
 
-/// An optional field: `null` and `""` mean `None`, anything else must deserialize as `T`. Use
-/// with `#[serde(default)]` for an absent field.
+/// An optional field: `null` and blank strings mean `None`, anything else must deserialize as
+/// `T`. Use with `#[serde(default)]` for an absent field.
 pub fn optional<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
@@ -51,7 +51,7 @@ where
 {
     match Value::deserialize(deserializer)? {
         Value::Null => Ok(None),
-        Value::String(s) if s.is_empty() => Ok(None),
+        Value::String(s) if s.trim().is_empty() => Ok(None),
         value => T::deserialize(value).map(Some).map_err(D::Error::custom),
     }
 }

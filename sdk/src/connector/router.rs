@@ -400,6 +400,8 @@ fn deserialize<T: DeserializeOwned>(
             Some(field) if path == "." => format!("{what} field {field} is required"),
             Some(field) => format!("{what} field `{path}`.{field} is required"),
             None if path == "." => format!("{what}: {inner}"),
+            // A connector's own check reads as a sentence: "field `x` must be …".
+            None if inner.starts_with("must ") => format!("{what} field `{path}` {inner}"),
             None => format!("{what} field `{path}`: {inner}"),
         };
         ConnectorError::named(name, message)
