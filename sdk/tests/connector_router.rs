@@ -186,7 +186,7 @@ async fn a_bad_configuration_is_an_error_naming_the_field_on_every_message() {
     for (fields, expected) in [
         (
             json!({"tag": 1, "greeting": "hi", "limit": "ten"}),
-            "configuration field `limit`: `ten` is not a valid number here",
+            "configuration field `limit`: `ten` is not valid here (invalid digit found in string)",
         ),
         (
             json!({"tag": 1, "greeting": 5}),

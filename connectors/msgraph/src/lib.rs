@@ -114,8 +114,7 @@ impl MsGraph {
     }
 }
 
-/// Every handler's Graph client: the step's settings (read once per step) and its
-/// authenticated HTTP client.
+/// Every handler's Graph client: the step's settings (read once per step), its HTTP client.
 impl FromCall<MsGraph> for Graph {
     async fn from_call(call: &mut Call<MsGraph>) -> Result<Self, ConnectorError> {
         let settings = call.config::<Settings>()?;

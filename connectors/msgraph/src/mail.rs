@@ -1,7 +1,8 @@
 //! The `sendMail` action and the `readMail` polling trigger.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use deckhand::connector::{Body, Config, ConnectorError, Context, Message, Snapshot, field};
+use deckhand::connector::field::{self, Lenient};
+use deckhand::connector::{Body, Config, ConnectorError, Context, Message, Snapshot};
 use serde::{Deserialize, Deserializer, de::Error as _};
 use serde_json::{Value, json};
 
@@ -121,24 +122,12 @@ fn recipients(addresses: &[String]) -> Value {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ReadMail {
-    /// The user whose mailbox is read (required for app-only credentials).
     #[serde(default, deserialize_with = "field::optional")]
     mailbox: Option<String>,
-    /// A mail folder id or well-known name (`inbox`); all folders when absent.
     #[serde(default, deserialize_with = "field::optional")]
     folder: Option<String>,
-    /// Where the first poll starts; the beginning of time when absent.
-    #[serde(default, deserialize_with = "date_time")]
-    start_time: Option<DateTime<Utc>>,
-}
-
-fn date_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
-    let text: Option<String> = field::optional(d)?;
-    text.map(|t| {
-        parse_time(&t)
-            .ok_or_else(|| D::Error::custom(format!("`{t}` is not an ISO 8601 date-time")))
-    })
-    .transpose()
+    #[serde(default, deserialize_with = "field::optional")]
+    start_time: Option<Lenient<DateTime<Utc>>>,
 }
 
 /// `readMail`: emits every message received since the last poll, oldest first, and moves the
@@ -158,7 +147,7 @@ pub(crate) async fn read_mail(
     let mut position = Position::from_snapshot(&snapshot)?;
     let since = position
         .received
-        .or(config.start_time)
+        .or(config.start_time.map(|Lenient(at)| at))
         .unwrap_or(DateTime::UNIX_EPOCH);
     let mut path = match config.mailbox.as_deref() {
         Some(user) => vec!["users", user],

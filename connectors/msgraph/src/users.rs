@@ -29,13 +29,10 @@ pub(crate) async fn list_users(
     Body(body): Body<ListUsers>,
     ctx: Context,
 ) -> Result<(), ConnectorError> {
-    let mut query = Vec::new();
-    if let Some(filter) = body.filter {
-        query.push(("$filter", filter));
-    }
-    if let Some(select) = body.select {
-        query.push(("$select", select));
-    }
+    let mut query: Vec<_> = [("$filter", body.filter), ("$select", body.select)]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+        .collect();
     match body.page_size {
         None => {}
         Some(Lenient(size @ 1..=MAX_PAGE_SIZE)) => query.push(("$top", size.to_string())),

@@ -56,22 +56,28 @@ where
     }
 }
 
-/// A number that may arrive as a string (`50` or `"50"`, surrounding blanks ignored).
+/// A value read with [`FromStr`](std::str::FromStr) from a string (surrounding blanks
+/// ignored) or a number: `50` and `"50"` alike, or a date-time string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lenient<T>(pub T);
 
 impl<'de, T> Deserialize<'de> for Lenient<T>
 where
-    T: std::str::FromStr + DeserializeOwned,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
 {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        match Value::deserialize(deserializer)? {
-            Value::String(s) => s
-                .trim()
-                .parse()
-                .map(Lenient)
-                .map_err(|_| D::Error::custom(format!("`{s}` is not a valid number here"))),
-            value => T::deserialize(value).map(Lenient).map_err(D::Error::custom),
-        }
+        let text = match Value::deserialize(deserializer)? {
+            Value::String(s) => s.trim().to_owned(),
+            Value::Number(n) => n.to_string(),
+            other => {
+                return Err(D::Error::custom(format!(
+                    "`{other}` is not a string or number"
+                )));
+            }
+        };
+        text.parse()
+            .map(Lenient)
+            .map_err(|e| D::Error::custom(format!("`{text}` is not valid here ({e})")))
     }
 }
