@@ -379,3 +379,41 @@ fn a_name_registered_twice_is_refused() {
         .action("greet", greet)
         .trigger("greet", poll);
 }
+
+/// A handler reading the body after taking the message: a mistake in the code, reported as
+/// such on the message rather than silently reading an empty body.
+async fn body_after_message(_: Message, _: Body<Value>, _: Context) -> Result<(), ConnectorError> {
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_argument_reading_a_message_already_taken_is_a_clear_error() {
+    struct Misordered;
+    #[async_trait]
+    impl Connector for Misordered {
+        fn router(&self) -> Router<Self> {
+            Router::new().action("f", body_after_message)
+        }
+        async fn verify_credentials(
+            &self,
+            _: &Credentials,
+            _: &VerifyContext,
+        ) -> Result<Verification, ConnectorError> {
+            Ok(Verification::Verified)
+        }
+    }
+    let session = Session::new(
+        Arc::new(Misordered),
+        StepConfig::default(),
+        Arc::new(MemorySink::new()),
+    )
+    .unwrap();
+    let events = CollectingEmitter::new();
+    session
+        .process("f", Message::new(json!({})), Arc::new(events.clone()))
+        .await;
+    let events = events.events();
+    let err = error(&events);
+    assert_eq!(err.name, "InvalidHandler");
+    assert!(err.message.contains("put `Body` before"), "{err:?}");
+}

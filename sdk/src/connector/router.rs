@@ -266,16 +266,18 @@ impl<C> Call<C> {
     }
 
     fn take_message(&mut self, by: &str) -> Result<Message, ConnectorError> {
-        self.message.take().ok_or_else(|| {
-            ConnectorError::named(
-                "InvalidHandler",
-                format!(
-                    "the handler of `{}` takes the message twice; {by} must be its only \
-                     argument that takes the message",
-                    self.ctx.function()
-                ),
-            )
-        })
+        self.message.take().ok_or_else(|| self.message_gone(by))
+    }
+
+    fn message_gone(&self, by: &str) -> ConnectorError {
+        ConnectorError::named(
+            "InvalidHandler",
+            format!(
+                "the handler of `{}` reads the message after an earlier argument (`Message` or \
+                 `Input`) took it: put {by} before that argument",
+                self.ctx.function()
+            ),
+        )
     }
 }
 
@@ -362,7 +364,7 @@ where
     async fn from_call(call: &mut Call<C>) -> Result<Self, ConnectorError> {
         let body = match &call.message {
             Some(message) => &message.body,
-            None => return Err(call.take_message("`Body`").unwrap_err()),
+            None => return Err(call.message_gone("`Body`")),
         };
         deserialize(body, "InvalidInput", "message body").map(Body)
     }
