@@ -199,6 +199,13 @@ impl<C> std::fmt::Debug for Router<C> {
 /// A function the router can call: an `async fn` (or closure) whose arguments all implement
 /// [`FromCall`] and which returns `Result<(), ConnectorError>`. Implemented for up to six
 /// arguments; `Args` is the tuple of their types (inferred).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a handler of connector `{C}`",
+    note = "a handler is an `async fn` returning `Result<(), ConnectorError>`, with at most six \
+            arguments that all implement `FromCall<{C}>` (`Config<T>`, `Body<T>`, \
+            `Snapshot<T>`, `Message`, `Input`, `Context`, `Arc<{C}>`, or your own), and a \
+            `Send` future (hold nothing that is not `Send` across an `.await`)"
+)]
 pub trait Handler<C, Args>: Clone + Send + Sync + 'static {
     /// Extracts the arguments from `call` and runs the function.
     fn call(&self, call: Call<C>) -> HandlerFuture;
@@ -286,6 +293,11 @@ impl<C> Call<C> {
 /// Implement it for your own types to build what several handlers need (an API client from
 /// the configuration and the [`Context`]'s HTTP client, say); an `Err` becomes the message's
 /// error event and the handler does not run.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be an argument of a handler of connector `{C}`",
+    note = "take `Config<T>`, `Body<T>`, `Snapshot<T>`, `Message`, `Input`, `Context` or \
+            `Arc<{C}>`, or implement `FromCall<{C}>` for `{Self}`"
+)]
 pub trait FromCall<C>: Sized + Send + 'static {
     /// Extracts the argument.
     fn from_call(call: &mut Call<C>) -> impl Future<Output = Result<Self, ConnectorError>> + Send;
