@@ -6,7 +6,7 @@
 //! `null`. Mappers do the same in message bodies ([`Body`](super::Body)).
 //!
 //! ```
-//! use deckhand::connector::field;
+//! use deckhand_connector::field;
 //! use serde::Deserialize;
 //!
 //! #[derive(Deserialize)]

@@ -16,9 +16,9 @@
 //! # Example
 //! ```
 //! use std::sync::Arc;
-//! use deckhand::auth::MemorySink;
-//! use deckhand::connector::*;
-//! use deckhand::credentials::Credentials;
+//! use deckhand_core::auth::MemorySink;
+//! use deckhand_connector::*;
+//! use deckhand_core::credentials::Credentials;
 //! use serde::Deserialize;
 //! use serde_json::json;
 //!
@@ -343,7 +343,7 @@ impl<C: Send + Sync + 'static> FromCall<C> for Input {
 /// deserialise, every message of the step gets an `InvalidConfiguration` error naming the
 /// field (`configuration field `maxRecords`: invalid type: …`), and the handler does not run.
 ///
-/// [`crate::connector::field`] has deserializers for what the platform's field views send
+/// [`crate::field`] has deserializers for what the platform's field views send
 /// (checkboxes as `"on"`, numbers as strings, blank as absent).
 pub struct Config<T>(pub Arc<T>);
 
