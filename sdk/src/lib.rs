@@ -3,6 +3,7 @@
 //! * [`credentials`] — the keys of one credential and its OAuth2 token set, with secrets redacted.
 //! * [`auth`] — token refresh under every strategy behind one single-flight gate, and the
 //!   authenticated HTTP client.
+//! * [`retry`] — bounded exponential backoff with jitter, and `Retry-After`, for every retry loop.
 //! * [`component`] — the `component.json` schema and validator.
 //! * [`connector`] — the `Connector` trait, its execution context and events.
 //! * [`runtime`] — the elastic.io wire protocol over RabbitMQ.
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod component;
 pub mod connector;
 pub mod credentials;
+pub mod retry;
 pub mod runtime;
 pub mod store;
 pub mod transport;

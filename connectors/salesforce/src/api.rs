@@ -151,8 +151,7 @@ impl<'a> Api<'a> {
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok());
+            .and_then(deckhand::retry::retry_after);
         let bytes = response.bytes().await?;
         if !status.is_success() {
             return Err(api_error(status, retry_after, &bytes));
@@ -224,14 +223,14 @@ pub(crate) struct Reply {
 #[derive(Debug)]
 pub(crate) struct HttpStatus {
     pub(crate) status: StatusCode,
-    pub(crate) retry_after_secs: Option<u64>,
+    pub(crate) retry_after: Option<std::time::Duration>,
 }
 
 impl fmt::Display for HttpStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "HTTP {}", self.status)?;
-        if let Some(secs) = self.retry_after_secs {
-            write!(f, " (Retry-After: {secs} s)")?;
+        if let Some(wait) = self.retry_after {
+            write!(f, " (Retry-After: {} s)", wait.as_secs())?;
         }
         Ok(())
     }
@@ -299,10 +298,14 @@ impl SalesforceError {
 /// Maps an error answer: Salesforce's error array becomes `ConnectorError::named(errorCode,
 /// message)` (several errors are joined with `; `, named after the first); other bodies get a
 /// name from the status.
-fn api_error(status: StatusCode, retry_after_secs: Option<u64>, body: &[u8]) -> ConnectorError {
+fn api_error(
+    status: StatusCode,
+    retry_after: Option<std::time::Duration>,
+    body: &[u8],
+) -> ConnectorError {
     let source = HttpStatus {
         status,
-        retry_after_secs,
+        retry_after,
     };
     let errors: Vec<SalesforceError> = serde_json::from_slice(body).unwrap_or_default();
     let (name, message) = match errors.first() {
@@ -377,7 +380,7 @@ mod tests {
     fn bodies_without_error_arrays_are_named_by_status() {
         let err = api_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            Some(7),
+            Some(std::time::Duration::from_secs(7)),
             b"<html>down</html>",
         );
         assert_eq!(err.name(), "ServiceUnavailable");

@@ -41,6 +41,7 @@ use crate::auth::{KeysSink, KeysUpdate, SinkError};
 use crate::cli::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, credential_fields, oauth_field};
 use crate::connector::{Connector, EmitError, Emitter, Event, Session, StepConfig};
 use crate::credentials::Credentials;
+use crate::retry::Failure;
 
 /// The step definition, as `GET /v1/tasks/{flow}/steps/{step}` returns it (or the step file).
 ///
@@ -117,32 +118,40 @@ pub async fn load_step(source: &StepSource, cfg: &RuntimeConfig) -> Result<StepD
                 .timeout(Duration::from_secs(15))
                 .build()
                 .map_err(|e| e.to_string())?;
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                let result = client
+            let response = platform_request(cfg.api_retry, &format!("GET {url}"), || {
+                client
                     .get(&url)
                     .basic_auth(username, Some(key.expose()))
                     .header("Connection", "Keep-Alive")
-                    .send()
-                    .await;
-                let retryable = match result {
-                    Ok(resp) if resp.status().is_success() => {
-                        return resp.json().await.map_err(|e| format!("GET {url}: {e}"));
-                    }
-                    Ok(resp) if resp.status().is_server_error() => {
-                        format!("GET {url}: HTTP {}", resp.status())
-                    }
-                    Ok(resp) => return Err(format!("GET {url}: HTTP {}", resp.status())),
-                    Err(e) => format!("GET {url}: {}", e.without_url()),
-                };
-                if attempt > cfg.api_retry.attempts {
-                    return Err(retryable);
-                }
-                tokio::time::sleep(cfg.api_retry.delay).await;
-            }
+            })
+            .await?;
+            response.json().await.map_err(|e| format!("GET {url}: {e}"))
         }
     }
+}
+
+/// Sends a platform API request with Sailor's retries: a failed request or a 5xx answer is
+/// sent again after the configured pause; a success is returned, any other answer is an error.
+async fn platform_request(
+    retry: super::config::ApiRetry,
+    what: &str,
+    request: impl Fn() -> reqwest::RequestBuilder,
+) -> Result<reqwest::Response, String> {
+    crate::retry::run(&retry.policy(), |_| async {
+        match request().send().await {
+            Ok(resp) if resp.status().is_success() => Ok(resp),
+            Ok(resp) if resp.status().is_server_error() => Err(Failure::transient(format!(
+                "{what}: HTTP {}",
+                resp.status()
+            ))),
+            Ok(resp) => Err(Failure::permanent(format!(
+                "{what}: HTTP {}",
+                resp.status()
+            ))),
+            Err(e) => Err(Failure::transient(format!("{what}: {}", e.without_url()))),
+        }
+    })
+    .await
 }
 
 /// Splits a step's merged config into fields and the credential (with its token under the
@@ -252,33 +261,15 @@ impl ApiKeysSink {
 impl KeysSink for ApiKeysSink {
     async fn persist(&self, update: &KeysUpdate) -> Result<(), SinkError> {
         let body = serde_json::json!({ "keys": update.keys() });
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = self
-                .http
+        platform_request(self.retry, &format!("PUT {}", self.url), || {
+            self.http
                 .put(&self.url)
                 .basic_auth(&self.username, Some(self.key.expose()))
                 .json(&body)
-                .send()
-                .await;
-            let failure = match result {
-                Ok(resp) if resp.status().is_success() => return Ok(()),
-                Ok(resp) if !resp.status().is_server_error() => {
-                    return Err(SinkError(format!(
-                        "PUT {}: HTTP {}",
-                        self.url,
-                        resp.status()
-                    )));
-                }
-                Ok(resp) => format!("PUT {}: HTTP {}", self.url, resp.status()),
-                Err(e) => format!("PUT {}: {}", self.url, e.without_url()),
-            };
-            if attempt > self.retry.attempts {
-                return Err(SinkError(failure));
-            }
-            tokio::time::sleep(self.retry.delay).await;
-        }
+        })
+        .await
+        .map(drop)
+        .map_err(SinkError)
     }
 }
 
