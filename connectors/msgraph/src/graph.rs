@@ -8,7 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use deckhand::connector::ConnectorError;
+use deckhand::connector::{ConnectorError, ErrorKind};
 use deckhand::retry::{Backoff, Policy, retry_after};
 use reqwest::header::RETRY_AFTER;
 use reqwest::{Method, Response, StatusCode};
@@ -176,8 +176,8 @@ impl Pages<'_> {
             .map(str::to_owned);
         match page.get_mut("value").map(Value::take) {
             Some(Value::Array(items)) => Ok(Some(items)),
-            _ => Err(ConnectorError::named(
-                "InvalidResponse",
+            _ => Err(ConnectorError::new(
+                ErrorKind::InvalidResponse,
                 "Microsoft Graph answered a collection request without a `value` array",
             )),
         }
@@ -186,11 +186,14 @@ impl Pages<'_> {
     /// A next link, which must stay on the Graph origin (the only one that gets the token).
     fn same_origin(&self, link: &str) -> Result<Url, ConnectorError> {
         let url = Url::parse(link).map_err(|e| {
-            ConnectorError::named("InvalidResponse", format!("invalid @odata.nextLink: {e}"))
+            ConnectorError::new(
+                ErrorKind::InvalidResponse,
+                format!("invalid @odata.nextLink: {e}"),
+            )
         })?;
         if url.origin() != self.graph.base.origin() {
-            return Err(ConnectorError::named(
-                "InvalidResponse",
+            return Err(ConnectorError::new(
+                ErrorKind::InvalidResponse,
                 format!(
                     "@odata.nextLink points to {}, outside Microsoft Graph; not following it",
                     url.origin().ascii_serialization()
@@ -233,6 +236,7 @@ struct ErrorDetail {
 /// `ErrorAccessDenied`, `TooManyRequests`), with the HTTP status and request id as its cause.
 pub(crate) async fn error_of(response: Response, method: &Method, url: &Url) -> ConnectorError {
     let status = response.status();
+    let wait = response.headers().get(RETRY_AFTER).and_then(retry_after);
     let header_request_id = response
         .headers()
         .get("request-id")
@@ -254,13 +258,19 @@ pub(crate) async fn error_of(response: Response, method: &Method, url: &Url) -> 
         request_id,
     };
     let error = match parsed {
-        Some(ErrorBody { error }) => ConnectorError::named(error.code, error.message),
-        None => ConnectorError::named(
-            "HttpError",
+        Some(ErrorBody { error }) => {
+            ConnectorError::new(ErrorKind::Provider(error.code), error.message)
+        }
+        None => ConnectorError::new(
+            ErrorKind::HttpError,
             format!("Microsoft Graph answered HTTP {status}"),
         ),
     };
-    error.with_source(cause)
+    let error = error.with_status(status).with_source(cause);
+    match wait {
+        Some(wait) => error.with_retry_after(wait),
+        None => error,
+    }
 }
 
 /// The cause of a Graph error, for the error's stack: status, request and Graph's request id

@@ -34,7 +34,7 @@
 //!                     .await?;
 //!                 Ok(())
 //!             }
-//!             other => Err(ConnectorError::new(format!("no function {other}"))),
+//!             other => Err(ConnectorError::other(format!("no function {other}"))),
 //!         }
 //!     }
 //! }
@@ -70,7 +70,7 @@ use crate::credentials::Credentials;
 
 pub use crate::component::FunctionKind;
 pub use context::Context;
-pub use error::ConnectorError;
+pub use error::{ConnectorError, ErrorKind};
 pub use event::{
     CollectingEmitter, EmitError, Emitter, ErrorPayload, Event, HttpReply, KeysNotice,
 };
@@ -141,12 +141,12 @@ impl Input {
     pub fn config_str(&self, field: &str) -> Result<&str, ConnectorError> {
         match self.config.get(field) {
             Some(Value::String(s)) => Ok(s),
-            Some(_) => Err(ConnectorError::named(
-                "InvalidConfiguration",
+            Some(_) => Err(ConnectorError::new(
+                ErrorKind::InvalidConfiguration,
                 format!("configuration field `{field}` must be a string"),
             )),
-            None => Err(ConnectorError::named(
-                "InvalidConfiguration",
+            None => Err(ConnectorError::new(
+                ErrorKind::InvalidConfiguration,
                 format!("configuration field `{field}` is required"),
             )),
         }
@@ -177,8 +177,8 @@ impl Input {
             .get(field)
             .and_then(Value::as_str)
             .ok_or_else(|| {
-                ConnectorError::named(
-                    "InvalidInput",
+                ConnectorError::new(
+                    ErrorKind::InvalidInput,
                     format!("message body field `{field}` is required and must be a string"),
                 )
             })
@@ -329,8 +329,8 @@ pub trait Connector: Send + Sync + 'static {
         ctx: &VerifyContext,
     ) -> Result<Value, ConnectorError> {
         let _ = (config, ctx);
-        Err(ConnectorError::named(
-            "NotSupported",
+        Err(ConnectorError::new(
+            ErrorKind::NotSupported,
             format!("`{function}` has no dynamic metadata"),
         ))
     }
@@ -344,8 +344,8 @@ pub trait Connector: Send + Sync + 'static {
         ctx: &VerifyContext,
     ) -> Result<Value, ConnectorError> {
         let _ = (config, ctx);
-        Err(ConnectorError::named(
-            "NotSupported",
+        Err(ConnectorError::new(
+            ErrorKind::NotSupported,
             format!("`{function}` has no select model `{model}`"),
         ))
     }

@@ -39,7 +39,7 @@ use super::protocol::{
 };
 use crate::auth::{KeysSink, KeysUpdate, SinkError};
 use crate::cli::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE, credential_fields, oauth_field};
-use crate::connector::{Connector, EmitError, Emitter, Event, Session, StepConfig};
+use crate::connector::{Connector, EmitError, Emitter, ErrorKind, Event, Session, StepConfig};
 use crate::credentials::Credentials;
 use crate::retry::Failure;
 
@@ -351,7 +351,7 @@ impl Emitter for AmqpEmitter {
             // The component passed on the error its failed emit returned, which was already
             // published as an error event: one failure, one error event.
             Event::Error(error)
-                if error.name == "EmitError"
+                if error.name == ErrorKind::EmitError.name()
                     && self.reported_failures().contains(&error.message) =>
             {
                 return Ok(());
