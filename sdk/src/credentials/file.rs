@@ -112,8 +112,8 @@ impl KeysSink for CredentialsFile {
         let credentials = update.credentials.clone();
         tokio::task::spawn_blocking(move || file.store(&credentials))
             .await
-            .map_err(|e| SinkError(format!("writing the credentials file: {e}")))?
-            .map_err(|e| SinkError(e.to_string()))
+            .map_err(|e| SinkError::Storage(format!("writing the credentials file: {e}")))?
+            .map_err(|e| SinkError::Storage(e.to_string()))
     }
 }
 
