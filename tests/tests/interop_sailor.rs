@@ -45,7 +45,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use base64::Engine as _;
 use deckhand::connector::{
-    Connector, ConnectorError, Context, Input, Message, Router, Verification, VerifyContext,
+    Connector, ConnectorError, Context, ErrorKind, Input, Message, Router, Verification,
+    VerifyContext,
 };
 use deckhand::credentials::Credentials;
 use deckhand::runtime::amqp::TransportOptions;
@@ -388,8 +389,8 @@ impl Tagger {
             "tag" => {
                 let mut body = message.body.as_object().cloned().unwrap_or_default();
                 if let Some(reason) = body.get("explodeInRust") {
-                    return Err(ConnectorError::named(
-                        "DeckhandExplosion",
+                    return Err(ConnectorError::new(
+                        ErrorKind::Provider("DeckhandExplosion".into()),
                         format!("deckhand step exploded: {}", reason.as_str().unwrap_or("?")),
                     ));
                 }
@@ -420,7 +421,7 @@ impl Tagger {
                 })))
                 .await?;
             }
-            other => return Err(ConnectorError::new(format!("no function {other}"))),
+            other => return Err(ConnectorError::other(format!("no function {other}"))),
         }
         Ok(())
     }

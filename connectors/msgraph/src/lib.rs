@@ -56,7 +56,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deckhand::auth::{Grant, Strategy, TokenEndpoint};
 use deckhand::connector::{
-    AuthSetup, Call, Connector, ConnectorError, FromCall, Router, Verification, VerifyContext,
+    AuthSetup, Call, Connector, ConnectorError, ErrorKind, FromCall, Router, Verification,
+    VerifyContext,
 };
 use deckhand::credentials::Credentials;
 use reqwest::{Method, StatusCode};
@@ -143,8 +144,8 @@ impl Connector for MsGraph {
                     .and_then(|t| t.refresh_token())
                     .is_none()
                 {
-                    return Err(ConnectorError::named(
-                        "InvalidCredentials",
+                    return Err(ConnectorError::new(
+                        ErrorKind::InvalidCredentials,
                         "delegated credentials need a refresh token in `oauth`: sign in again \
                          (with the offline_access scope)",
                     ));

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use deckhand::connector::field::{self, Lenient};
-use deckhand::connector::{Body, Config, ConnectorError, Context, Message, Snapshot};
+use deckhand::connector::{Body, Config, ConnectorError, Context, ErrorKind, Message, Snapshot};
 use serde::{Deserialize, Deserializer, de::Error as _};
 use serde_json::{Value, json};
 
@@ -153,8 +153,8 @@ pub(crate) async fn read_mail(
         Some(user) => vec!["users", user],
         None if settings.mode == AuthMode::Delegated => vec!["me"],
         None => {
-            return Err(ConnectorError::named(
-                "InvalidConfiguration",
+            return Err(ConnectorError::new(
+                ErrorKind::InvalidConfiguration,
                 "an app-only credential reads a user's mailbox: set `mailbox` (a user id or \
                  userPrincipalName)",
             ));
@@ -206,8 +206,8 @@ impl Position {
     /// The position in a snapshot; an empty snapshot is the start.
     fn from_snapshot(snapshot: &Value) -> Result<Self, ConnectorError> {
         let invalid = |what: &str| {
-            ConnectorError::named(
-                "InvalidSnapshot",
+            ConnectorError::new(
+                ErrorKind::InvalidSnapshot,
                 format!("the readMail snapshot {what}; delete it to start over"),
             )
         };
@@ -267,8 +267,8 @@ fn stamp(message: &Value) -> Result<(DateTime<Utc>, String), ConnectorError> {
         .and_then(parse_time);
     match (received, id) {
         (Some(received), Some(id)) => Ok((received, id.to_owned())),
-        _ => Err(ConnectorError::named(
-            "InvalidResponse",
+        _ => Err(ConnectorError::new(
+            ErrorKind::InvalidResponse,
             "Microsoft Graph returned a message without `id` or a valid `receivedDateTime`",
         )),
     }
@@ -286,7 +286,7 @@ fn format_time(at: DateTime<Utc>) -> String {
 }
 
 fn invalid_input(message: impl Into<String>) -> ConnectorError {
-    ConnectorError::named("InvalidInput", message)
+    ConnectorError::new(ErrorKind::InvalidInput, message)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The `listUsers` and `getUser` actions.
 
 use deckhand::connector::field::{self, Lenient};
-use deckhand::connector::{Body, ConnectorError, Context, Message};
+use deckhand::connector::{Body, ConnectorError, Context, ErrorKind, Message};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -37,8 +37,8 @@ pub(crate) async fn list_users(
         None => {}
         Some(Lenient(size @ 1..=MAX_PAGE_SIZE)) => query.push(("$top", size.to_string())),
         Some(_) => {
-            return Err(ConnectorError::named(
-                "InvalidInput",
+            return Err(ConnectorError::new(
+                ErrorKind::InvalidInput,
                 format!("message body field `pageSize` must be from 1 to {MAX_PAGE_SIZE}"),
             ));
         }
@@ -73,8 +73,8 @@ pub(crate) async fn get_user(
 ) -> Result<(), ConnectorError> {
     let id = body.user_id.trim();
     if id.is_empty() {
-        return Err(ConnectorError::named(
-            "InvalidInput",
+        return Err(ConnectorError::new(
+            ErrorKind::InvalidInput,
             "message body field `userId` must not be empty",
         ));
     }
@@ -88,8 +88,8 @@ pub(crate) async fn get_user(
                 .await?;
             Ok(())
         }
-        None => Err(ConnectorError::named(
-            "NotFound",
+        None => Err(ConnectorError::new(
+            ErrorKind::NotFound,
             format!("no user has the id or userPrincipalName `{id}`"),
         )),
     }

@@ -1,11 +1,11 @@
 //! The actions: `query`, `create`, `upsert` and `lookup`.
 
-use deckhand::connector::{Body, Config, ConnectorError, Context, Message, field};
+use deckhand::connector::{Body, Config, ConnectorError, Context, ErrorKind, Message, field};
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::api::{Api, http_status, is_retryable};
+use crate::api::Api;
 use crate::config::{ApiName, FieldList};
 
 /// How `query` emits its results (field `emitBehavior`).
@@ -108,11 +108,12 @@ pub(crate) async fn query(
 
 /// An error that must not be rebounded because part of the output was already emitted.
 fn after_partial_output(err: ConnectorError, emitted_records: usize) -> ConnectorError {
-    if !is_retryable(&err) {
+    if !err.is_throttled() {
         return err;
     }
-    ConnectorError::named(
-        err.name(),
+    // A new error without the status: it must not be taken for a throttle and rebounded.
+    ConnectorError::new(
+        err.kind().clone(),
         format!(
             "{} ({emitted_records} records were emitted before this failure, so the message is \
              not rebounded: run it again, or narrow the query, to get the rest)",
@@ -212,12 +213,12 @@ pub(crate) async fn lookup(
     }
     match api.send_json(api.get(url)).await {
         Ok(record) => ctx.emit_data(Message::new(record)).await?,
-        Err(err) if http_status(&err).is_some_and(|s| s.status == StatusCode::NOT_FOUND) => {
+        Err(err) if err.status() == Some(StatusCode::NOT_FOUND) => {
             if config.allow_not_found {
                 ctx.emit_data(Message::new(json!({}))).await?;
             } else {
-                return Err(ConnectorError::named(
-                    "NOT_FOUND",
+                return Err(ConnectorError::new(
+                    ErrorKind::Provider("NOT_FOUND".into()),
                     format!("no {sobject} record has {field} = `{value}`"),
                 )
                 .with_source(err));
@@ -232,8 +233,8 @@ pub(crate) async fn lookup(
 fn record_body(input: &Message) -> Result<Map<String, Value>, ConnectorError> {
     match &input.body {
         Value::Object(fields) => Ok(fields.clone()),
-        _ => Err(ConnectorError::named(
-            "InvalidInput",
+        _ => Err(ConnectorError::new(
+            ErrorKind::InvalidInput,
             "the message body must be a JSON object of field values",
         )),
     }
@@ -249,8 +250,8 @@ fn scalar_text(value: Option<Value>, field: &str) -> Result<String, ConnectorErr
 }
 
 fn missing_body_field(field: &str) -> ConnectorError {
-    ConnectorError::named(
-        "InvalidInput",
+    ConnectorError::new(
+        ErrorKind::InvalidInput,
         format!(
             "message body field `{field}` is required and must be a non-empty string or a number"
         ),

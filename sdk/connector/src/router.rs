@@ -76,7 +76,7 @@ use std::sync::{Arc, Mutex};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::{ConnectorError, Context, Function, FunctionKind, Input, Message};
+use super::{ConnectorError, Context, ErrorKind, Function, FunctionKind, Input, Message};
 
 /// The future a handler returns, boxed.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), ConnectorError>> + Send>>;
@@ -177,8 +177,8 @@ impl<C> Router<C> {
         if let Some(handler) = self.find(name).or(self.fallback.as_ref()) {
             return Ok(handler);
         }
-        Err(ConnectorError::named(
-            "UnknownFunction",
+        Err(ConnectorError::new(
+            ErrorKind::UnknownFunction,
             format!("this component has no trigger or action named `{name}`"),
         ))
     }
@@ -277,8 +277,8 @@ impl<C> Call<C> {
     }
 
     fn message_gone(&self, by: &str) -> ConnectorError {
-        ConnectorError::named(
-            "InvalidHandler",
+        ConnectorError::new(
+            ErrorKind::Other,
             format!(
                 "the handler of `{}` reads the message after an earlier argument (`Message` or \
                  `Input`) took it: put {by} before that argument",
@@ -378,7 +378,7 @@ where
             Some(message) => &message.body,
             None => return Err(call.message_gone("`Body`")),
         };
-        deserialize(body, "InvalidInput", "message body").map(Body)
+        deserialize(body, ErrorKind::InvalidInput, "message body").map(Body)
     }
 }
 
@@ -397,14 +397,14 @@ where
             Value::Null => Value::Object(Map::new()),
             other => other,
         };
-        deserialize(&snapshot, "InvalidSnapshot", "snapshot").map(Snapshot)
+        deserialize(&snapshot, ErrorKind::InvalidSnapshot, "snapshot").map(Snapshot)
     }
 }
 
 /// Deserialises `value`, or an error called `name` saying which field of `what` is wrong.
 fn deserialize<T: DeserializeOwned>(
     value: &Value,
-    name: &str,
+    kind: ErrorKind,
     what: &str,
 ) -> Result<T, ConnectorError> {
     serde_path_to_error::deserialize(value).map_err(|err| {
@@ -418,7 +418,7 @@ fn deserialize<T: DeserializeOwned>(
             None if inner.starts_with("must ") => format!("{what} field `{path}` {inner}"),
             None => format!("{what} field `{path}`: {inner}"),
         };
-        ConnectorError::named(name, message)
+        ConnectorError::new(kind, message)
     })
 }
 
@@ -434,7 +434,7 @@ pub(crate) struct StepInputs {
 /// A typed configuration (or why it did not parse), with the keys version it was read from.
 struct ParsedConfig {
     keys_version: u64,
-    parsed: Result<Arc<dyn Any + Send + Sync>, (String, String)>,
+    parsed: Result<Arc<dyn Any + Send + Sync>, (ErrorKind, String)>,
 }
 
 impl StepInputs {
@@ -483,11 +483,11 @@ impl StepInputs {
                 }
                 let parsed = deserialize::<T>(
                     &Value::Object(source),
-                    "InvalidConfiguration",
+                    ErrorKind::InvalidConfiguration,
                     "configuration",
                 )
                 .map(|t| Arc::new(t) as Arc<dyn Any + Send + Sync>)
-                .map_err(|e| (e.name().to_owned(), e.message().to_owned()));
+                .map_err(|e| (e.kind().clone(), e.message().to_owned()));
                 configs.insert(
                     TypeId::of::<T>(),
                     ParsedConfig {
@@ -503,7 +503,7 @@ impl StepInputs {
                 .clone()
                 .downcast::<T>()
                 .unwrap_or_else(|_| unreachable!("stored under the TypeId of T"))),
-            Err((name, message)) => Err(ConnectorError::named(name.clone(), message.clone())),
+            Err((kind, message)) => Err(ConnectorError::new(kind.clone(), message.clone())),
         }
     }
 }

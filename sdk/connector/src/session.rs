@@ -11,8 +11,8 @@ use tracing::Instrument;
 use super::context::{ContextParts, KeysUpdater};
 use super::router::{Call, Router, StepInputs};
 use super::{
-    AuthSetup, Connector, ConnectorError, Context, EmitError, Emitter, ErrorPayload, Event,
-    Message, Verification, VerifyContext,
+    AuthSetup, Connector, ConnectorError, Context, EmitError, Emitter, ErrorKind, ErrorPayload,
+    Event, Message, Verification, VerifyContext,
 };
 use deckhand_core::auth::{
     AccountId, CredentialStore, HolderId, KeysSink, KeysUpdate, RefreshReason, TokenManager,
@@ -372,8 +372,8 @@ impl<C: Connector> Session<C> {
                     .await
                 {
                     Ok(result) => result,
-                    Err(panic) => Err(ConnectorError::named(
-                        "Panic",
+                    Err(panic) => Err(ConnectorError::new(
+                        ErrorKind::Panic,
                         format!("the function panicked: {}", panic_message(&panic)),
                     )),
                 }

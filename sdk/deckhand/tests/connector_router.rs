@@ -414,6 +414,6 @@ async fn an_argument_reading_a_message_already_taken_is_a_clear_error() {
         .await;
     let events = events.events();
     let err = error(&events);
-    assert_eq!(err.name, "InvalidHandler");
+    assert_eq!(err.name, "Error");
     assert!(err.message.contains("put `Body` before"), "{err:?}");
 }

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use async_trait::async_trait;
 use deckhand::auth::{Grant, Strategy, TokenEndpoint};
 use deckhand::connector::{
-    AuthSetup, Config, Connector, ConnectorError, Context, ErrorPayload, Message, Router, Snapshot,
-    Verification, VerifyContext,
+    AuthSetup, Config, Connector, ConnectorError, Context, ErrorKind, ErrorPayload, Message,
+    Router, Snapshot, Verification, VerifyContext,
 };
 use deckhand::credentials::Credentials;
 use serde::Deserialize;
@@ -18,8 +18,8 @@ struct Petstore;
 
 fn field<'a>(credentials: &'a Credentials, name: &str) -> Result<&'a str, ConnectorError> {
     credentials.field_str(name).ok_or_else(|| {
-        ConnectorError::named(
-            "InvalidCredentials",
+        ConnectorError::new(
+            ErrorKind::InvalidCredentials,
             format!("credential field `{name}` is required"),
         )
     })
