@@ -922,8 +922,8 @@ struct Job<C: Connector> {
 }
 
 impl<C: Connector> Job<C> {
-    async fn run(self, ticket: Ticket) {
-        let incoming = ticket.delivery().incoming.clone();
+    async fn run(self, mut ticket: Ticket) {
+        let incoming = ticket.take_incoming();
         let span = tracing::info_span!(
             "message",
             messageId = incoming.message_id().unwrap_or_default(),
