@@ -1,0 +1,228 @@
+//! The updateKeys persister and its fencing, on the real PostgreSQL and RabbitMQ: updates
+//! published by the worker's own sink are applied in lineage order; duplicates are no-ops,
+//! replays are dropped and counted, a fork keeps the first update and marks the account, and
+//! malformed messages land in the dead-letter queue with the reason.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use deckhand::auth::{KeysSink, KeysUpdate, RefreshReason};
+use deckhand::runtime::amqp::{Transport, TransportOptions};
+use deckhand::runtime::protocol::{StepFlags, js_string};
+use deckhand::runtime::worker::AmqpKeysSink;
+use deckhand_platform::persister::{self, DEAD_REASON_HEADER};
+use deckhand_platform::{KeysUpdateIn, Outcome};
+use deckhand_tests::broker::Topology;
+use deckhand_tests::postgres::TestSchema;
+use lapin::BasicProperties;
+use lapin::types::FieldTable;
+use serde_json::json;
+
+fn update(parent: Option<&str>, rt: &str) -> KeysUpdateIn {
+    KeysUpdateIn {
+        keys: keys(rt),
+        parent_fingerprint: parent.map(fingerprint),
+        worker: "test-worker".into(),
+        worker_generation: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_applies_descendants_and_drops_duplicates_replays_and_forks() {
+    let schema = TestSchema::new().await;
+    let platform = platform(&schema).await;
+    platform.create_account("acc", keys("rt0")).await.unwrap();
+
+    let applied = |generation| Outcome::Applied {
+        generation,
+        fenced: true,
+    };
+    let apply = |u: KeysUpdateIn| {
+        let platform = platform.clone();
+        async move { platform.apply_update("acc", &u).await.unwrap() }
+    };
+    assert_eq!(apply(update(Some("rt0"), "rt1")).await, applied(1));
+    // The same update again (a redelivery): nothing changes.
+    assert_eq!(
+        apply(update(Some("rt0"), "rt1")).await,
+        Outcome::Duplicate { generation: 1 }
+    );
+    assert_eq!(apply(update(Some("rt1"), "rt2")).await, applied(2));
+    // Replays of older keys, with and without lineage: dropped, never moving backwards.
+    assert_eq!(
+        apply(update(Some("rt0"), "rt1")).await,
+        Outcome::Stale { generation: 2 }
+    );
+    assert_eq!(
+        apply(update(None, "rt0")).await,
+        Outcome::Stale { generation: 2 }
+    );
+    // A second child of rt1 (another replica spent it too): the first child stays.
+    assert_eq!(
+        apply(update(Some("rt1"), "rt2-other")).await,
+        Outcome::Fork { generation: 2 }
+    );
+    assert_eq!(stored_refresh_token(&platform, "acc").await, (2, "rt2".into()));
+    // Without lineage (the official runtime's PUT): last-write-wins, counted.
+    assert_eq!(
+        apply(update(None, "rt3")).await,
+        Outcome::Applied {
+            generation: 3,
+            fenced: false
+        }
+    );
+    // Reordered: rt5 (child of rt4) arrives before rt4 (child of rt3). The newest wins, and
+    // the late ancestor is recognised as old news.
+    assert_eq!(
+        apply(update(Some("rt4"), "rt5")).await,
+        Outcome::Applied {
+            generation: 4,
+            fenced: false
+        }
+    );
+    assert_eq!(
+        apply(update(Some("rt3"), "rt4")).await,
+        Outcome::Stale { generation: 4 }
+    );
+    assert_eq!(stored_refresh_token(&platform, "acc").await, (4, "rt5".into()));
+
+    let status = platform.status().await.unwrap();
+    let acc = &status.accounts[0];
+    assert_eq!(acc.state, "fork");
+    assert!(acc.detail.as_deref().unwrap().contains("test-worker"));
+    assert_eq!(
+        (
+            acc.updates_applied,
+            acc.updates_unfenced,
+            acc.updates_duplicate,
+            acc.updates_stale,
+            acc.forks
+        ),
+        (4, 2, 1, 3, 1)
+    );
+    assert_eq!(acc.generation, 4);
+    // Nothing secret on the status.
+    let text = serde_json::to_string(&status).unwrap();
+    assert!(!text.contains("rt5") && !text.contains("at-rt"), "{text}");
+
+    // Bad input: clear errors.
+    let err = platform
+        .apply_update("missing", &update(None, "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "account `missing` does not exist");
+    schema.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persister_applies_the_workers_updates_from_rabbitmq_with_fencing() {
+    let schema = TestSchema::new().await;
+    let platform = platform(&schema).await;
+    let topo = Topology::new().await;
+    let flow = format!("flow-{}", topo.id);
+    platform.create_account("acc-amqp", keys("rt0")).await.unwrap();
+    step(&platform, &flow, "step_1", "acc-amqp", json!({"prodEnv": "login"})).await;
+    let options = persister_options(&topo);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(persister::run(platform.clone(), options.clone(), async {
+        let _ = stopped.await;
+    }));
+
+    // The worker's own sink: lineage headers as a worker sends them.
+    let cfg = Arc::new(topo.config(&[(
+        "ELASTICIO_UPDATE_KEYS_ROUTING_KEY",
+        &topo.rk("step_1", "update_keys"),
+    )]));
+    let transport = Transport::connect(TransportOptions::from_config(&cfg))
+        .await
+        .unwrap();
+    let flags = StepFlags {
+        is_passthrough: false,
+        account_id: Some("acc-amqp".into()),
+    };
+    let sink = |from: &str| {
+        AmqpKeysSink::new(cfg.clone(), transport.publisher(), flags.clone())
+            .starting_from(Some(&credentials(from)))
+    };
+    let rotation = |rt: &str, generation| KeysUpdate {
+        credentials: credentials(rt),
+        generation,
+        reason: RefreshReason::Expiry,
+    };
+    // Wait until the persister declared and bound its queue.
+    wait_for_queue(&topo, &options.queue).await;
+    let worker = sink("rt0");
+    for (g, rt) in ["rt1", "rt2", "rt3"].iter().enumerate() {
+        worker.persist(&rotation(rt, g as u64 + 1)).await.unwrap();
+    }
+    // A replica that started from rt1 and spent it again (a fork), a replay of rt1, and
+    // malformed messages.
+    sink("rt1").persist(&rotation("rt2-fork", 2)).await.unwrap();
+    sink("rt0").persist(&rotation("rt1", 1)).await.unwrap();
+    let rk = topo.rk("step_1", "update_keys");
+    let mut headers = FieldTable::default();
+    headers.insert("accountId".into(), js_string("acc-amqp"));
+    headers.insert("taskId".into(), js_string(flow.clone()));
+    headers.insert("stepId".into(), js_string("step_1"));
+    topo.publish(
+        &rk,
+        b"not encrypted",
+        BasicProperties::default().with_headers(headers.clone()),
+    )
+    .await;
+    let mut other = headers.clone();
+    other.insert("accountId".into(), js_string("someone-else"));
+    topo.publish(
+        &rk,
+        &cipher().encrypt(json!({"keys": keys("evil")}).to_string().as_bytes(), Default::default()),
+        BasicProperties::default().with_headers(other),
+    )
+    .await;
+
+    let dead = options.dead_letter_queue();
+    eventually("2 dead letters", Duration::from_secs(15), || async {
+        deckhand_tests::broker::ready(&topo.channel, &dead).await >= 2
+    })
+    .await;
+    eventually("the fork and the replay", Duration::from_secs(15), || async {
+        let s = platform.status().await.unwrap();
+        s.accounts[0].forks == 1 && s.accounts[0].updates_stale == 1
+    })
+    .await;
+    assert_eq!(
+        stored_refresh_token(&platform, "acc-amqp").await,
+        (3, "rt3".into())
+    );
+    let status = platform.status().await.unwrap();
+    let acc = &status.accounts[0];
+    assert_eq!((acc.updates_applied, acc.updates_unfenced), (3, 0));
+    assert_eq!(acc.state, "fork");
+    assert!(
+        acc.rotated_by.as_deref().unwrap().contains(':'),
+        "the worker's id: {:?}",
+        acc.rotated_by
+    );
+    let mut reasons = Vec::new();
+    while let Some(got) = topo.try_get(&dead).await {
+        let headers = got.delivery.properties.headers().clone().unwrap_or_default();
+        reasons.push(deckhand::runtime::protocol::header_string(&headers, DEAD_REASON_HEADER).unwrap());
+    }
+    reasons.sort();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons[0].starts_with("body: "), "{reasons:?}");
+    assert_eq!(
+        reasons[1],
+        format!("step `{flow}/step_1` is not bound to account `someone-else`")
+    );
+    assert_eq!(stored_refresh_token(&platform, "acc-amqp").await.1, "rt3");
+
+    stop.send(()).unwrap();
+    running.await.unwrap();
+    transport.close().await;
+    delete_queues(&topo, &options).await;
+    topo.cleanup().await;
+    schema.cleanup().await;
+}
