@@ -65,6 +65,18 @@ pub fn router(platform: Platform, options: ApiOptions) -> Router {
         .with_state(Arc::new(platform))
 }
 
+/// Serves the API on `listener` until `shutdown` completes (requests in flight finish).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    platform: Platform,
+    options: ApiOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(platform, options))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// An error response: status and a message that names what is wrong (no secrets).
 #[derive(Debug)]
 pub struct ApiError(StatusCode, String);

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use deckhand::runtime::crypto::MessageCipher;
 use deckhand::store::KeyRing;
-use deckhand_platform::api::{ApiOptions, router};
+use deckhand_platform::api::{ApiOptions, serve};
 use deckhand_platform::persister::{self, PersisterOptions};
 use deckhand_platform::{Platform, StepDefinition};
 
@@ -143,9 +143,8 @@ async fn run(cli: Cli) -> Result<(), String> {
                     let _ = stop.wait_for(|s| *s).await;
                 }))
             });
-            let app = router(platform, ApiOptions { max_body });
             let mut stop = stop_rx.clone();
-            let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let server = serve(listener, platform, ApiOptions { max_body }, async move {
                 let _ = stop.wait_for(|s| *s).await;
             });
             let signals = async {
