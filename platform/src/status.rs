@@ -119,7 +119,10 @@ pub fn render_html(status: &Status) -> String {
              <td>{applied}</td><td>{unfenced}</td><td>{dup}</td><td>{stale}</td><td>{forks}</td></tr>\n",
             id = escape(&a.id),
             state = escape(&a.state),
-            label = escape(&a.state.replace('_', " ")),
+            label = match a.state.as_str() {
+                "needs_reauth" => "needs re-auth".to_owned(),
+                other => escape(&other.replace('_', " ")),
+            },
             generation = a.generation,
             rotated_at = escape(a.rotated_at.as_deref().unwrap_or("never")),
             rotated_by = escape(a.rotated_by.as_deref().unwrap_or("—")),
@@ -156,6 +159,7 @@ th {{ background: #f4f4f4; }}
 .badge {{ padding: .1rem .5rem; border-radius: .8rem; font-size: .85rem; color: #fff; }}
 .badge.active {{ background: #2e7d32; }} .badge.needs_reauth {{ background: #ef6c00; }}
 .badge.rotation_lost {{ background: #c62828; }} .badge.fork {{ background: #6a1b9a; }}
+td.id, td.rotated-at, td.rotated-by {{ white-space: nowrap; }}
 .detail {{ font-size: .8rem; color: #666; max-width: 30rem; }}
 #summary {{ font-weight: bold; }}
 </style></head>
