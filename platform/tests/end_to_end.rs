@@ -1,0 +1,267 @@
+//! End to end on the real RabbitMQ and PostgreSQL against the provider emulator (single-use
+//! refresh tokens, 2 s token lifetime): the `deckhand-platform` binary runs as a process; the
+//! Salesforce connector runs as an AMQP worker whose step comes from the platform's API and
+//! whose rotations the platform's persister stores.
+//!
+//! Mid-stream the persister is killed with SIGKILL (rotations wait in the queue, nothing is
+//! lost, nothing applied twice) and the worker is killed and restarted (it continues with the
+//! rotated keys it loads from the platform): zero `invalid_grant`, and the account ends with
+//! the emulator's live refresh token.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use deckhand::runtime::amqp::TransportOptions;
+use deckhand::runtime::config::RuntimeConfig;
+use deckhand::runtime::crypto::ProtocolVersion;
+use deckhand::runtime::protocol::js_string;
+use deckhand::runtime::worker::Worker;
+use deckhand_emulator::{Emulator, EmulatorConfig, RefreshRotation};
+use deckhand_tests::broker::{Topology, amqp_uri};
+use deckhand_tests::postgres::TestSchema;
+use lapin::BasicProperties;
+use lapin::types::FieldTable;
+use serde_json::{Value, json};
+
+const LIFETIME: Duration = Duration::from_secs(2);
+
+/// The `deckhand-platform serve` process.
+struct Service {
+    child: tokio::process::Child,
+    base: String,
+}
+
+async fn start_service(schema: &TestSchema, topo: &Topology, port: u16, queue: &str) -> Service {
+    let log = std::fs::File::create(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../target/platform-e2e-{port}.log")),
+    )
+    .unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_deckhand-platform"))
+        .env("DECKHAND_STORE_URL", &schema.url)
+        .env("DECKHAND_STORE_KEYS", &schema.keys_spec)
+        .env("DECKHAND_PLATFORM_SCHEMA", &schema.schema)
+        .env("ELASTICIO_AMQP_URI", amqp_uri())
+        .env("ELASTICIO_MESSAGE_CRYPTO_PASSWORD", PASSWORD)
+        .env("ELASTICIO_MESSAGE_CRYPTO_IV", IV)
+        .env("RUST_LOG", "info")
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--queue", queue])
+        .arg("--bind")
+        .arg(format!("{}={}", topo.exchange, topo.rk("step_1", "update_keys")))
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("deckhand-platform starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    eventually("the platform's API", Duration::from_secs(20), || async {
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    Service { child, base }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
+    let emulator = Emulator::start(EmulatorConfig {
+        token_lifetime: LIFETIME,
+        salesforce_refresh_rotation: RefreshRotation::Strict,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = emulator.client().clone();
+    let schema = TestSchema::new().await;
+    let platform = platform(&schema).await;
+    let mut topo = Topology::new().await;
+    let flow = format!("flow-{}", topo.id);
+    let input_key = topo.rk("step_1", "input");
+    topo.step_queue("step_1", input_key.clone()).await;
+    let data = topo.queue("data", topo.rk("step_1", "message")).await;
+    let errors = topo.queue("errors", topo.rk("step_1", "error")).await;
+
+    // The account and the step live on the platform; the worker gets them from its API.
+    platform
+        .create_account(
+            "acc-sf",
+            json!({"oauth": {"refresh_token": emulator.issue_refresh_token(&client.id)}}),
+        )
+        .await
+        .unwrap();
+    step(
+        &platform,
+        &flow,
+        "step_1",
+        "acc-sf",
+        json!({"prodEnv": "login", "loginUrl": emulator.base_url()}),
+    )
+    .await;
+    let api_key = platform.create_api_user("task-user").await.unwrap();
+    let queue = topo.name("platform-keys");
+    let port = free_port();
+    let mut service = start_service(&schema, &topo, port, &queue).await;
+
+    let cfg = Arc::new(
+        RuntimeConfig::from_vars(topo.env(&[
+            ("ELASTICIO_FLOW_ID", &flow),
+            ("ELASTICIO_FUNCTION", "query"),
+            ("ELASTICIO_LISTEN_MESSAGES_ON", &topo.name("step_1-in")),
+            ("ELASTICIO_UPDATE_KEYS_ROUTING_KEY", &topo.rk("step_1", "update_keys")),
+            ("ELASTICIO_DATA_RATE_LIMIT", "0"),
+            ("ELASTICIO_API_URI", &service.base),
+            ("ELASTICIO_API_USERNAME", "task-user"),
+            ("ELASTICIO_API_KEY", &api_key),
+            ("DECKHAND_STEP_FILE", ""),
+        ]))
+        .expect("worker settings"),
+    );
+    let connection_name = format!("deckhand-test-{}", topo.id);
+    let start_worker = || {
+        let cfg = cfg.clone();
+        let connection_name = connection_name.clone();
+        let client = client.clone();
+        async move {
+            let mut options = TransportOptions::from_config(&cfg);
+            options.connection_name = connection_name;
+            let connector = deckhand_salesforce::Salesforce::new(
+                deckhand_salesforce::OAuthApp::new(client.id.clone(), client.secret.clone()),
+            );
+            let worker = Worker::start_with(
+                Arc::new(connector),
+                cfg,
+                &serde_json::from_str(include_str!("../../connectors/salesforce/component.json"))
+                    .unwrap(),
+                options,
+            )
+            .await
+            .expect("the worker starts with the step from the platform");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(worker.run_until(async move {
+                let _ = stopped.await;
+            }));
+            (task, stop)
+        }
+    };
+    let cipher = cipher();
+    let mut sent = 0u32;
+    let mut send_batch = async |topo: &Topology| {
+        for _ in 0..3 {
+            sent += 1;
+            let id = format!("m{sent}");
+            let plain = json!({"id": id, "body": {"query": "SELECT Id, Name FROM Account LIMIT 2"}});
+            let mut headers = FieldTable::default();
+            headers.insert("messageId".into(), js_string(id));
+            topo.publish(
+                &input_key,
+                &cipher.encrypt(plain.to_string().as_bytes(), ProtocolVersion::V1),
+                BasicProperties::default().with_headers(headers),
+            )
+            .await;
+        }
+        sent
+    };
+    let wait_data = async |topo: &Topology, messages: u32| {
+        eventually(&format!("{messages} messages processed"), Duration::from_secs(30), || async {
+            assert_eq!(topo.ready(&errors).await, 0, "the worker published an error");
+            topo.ready(&data).await >= messages * 2
+        })
+        .await;
+    };
+    let generation = async || stored_refresh_token(&platform, "acc-sf").await.0;
+
+    // Lifetime 1: the first token.
+    let (worker, _stop_1) = start_worker().await;
+    let n = send_batch(&topo).await;
+    wait_data(&topo, n).await;
+    eventually("rotation 1 persisted", Duration::from_secs(15), || async { generation().await == 1 }).await;
+
+    // Lifetime 2: the persister is SIGKILLed while the worker rotates; the update waits in
+    // the queue and the restarted service applies it.
+    tokio::time::sleep(LIFETIME + Duration::from_millis(300)).await;
+    service.child.start_kill().unwrap();
+    service.child.wait().await.unwrap();
+    let n = send_batch(&topo).await;
+    wait_data(&topo, n).await;
+    assert_eq!(generation().await, 1, "nothing applied while the persister is down");
+    let mut service = start_service(&schema, &topo, port, &queue).await;
+    eventually("rotation 2 persisted after the restart", Duration::from_secs(15), || async {
+        generation().await == 2
+    })
+    .await;
+
+    // Lifetime 3: once its rotation is persisted, the worker is killed mid-stream (no
+    // shutdown; its connections are cut) and a new one starts from the platform's keys.
+    tokio::time::sleep(LIFETIME + Duration::from_millis(300)).await;
+    let n = send_batch(&topo).await;
+    eventually("rotation 3 persisted", Duration::from_secs(15), || async { generation().await == 3 }).await;
+    // Aborted, not stopped: no shutdown runs; dropping it cuts its connections, and the
+    // broker redelivers what it had not acked.
+    worker.abort();
+    let _ = worker.await;
+    let (worker, stop_2) = start_worker().await;
+    wait_data(&topo, n).await;
+
+    // Lifetime 4, with the restarted worker.
+    tokio::time::sleep(LIFETIME + Duration::from_millis(300)).await;
+    let n = send_batch(&topo).await;
+    wait_data(&topo, n).await;
+    eventually("rotation 4 persisted", Duration::from_secs(15), || async { generation().await == 4 }).await;
+    stop_2.send(()).unwrap();
+    assert_eq!(worker.await.unwrap(), 0);
+
+    let counters = emulator.counters();
+    assert_eq!(counters.invalid_grant, 0, "{counters:?}");
+    assert_eq!(counters.family_revocations, 0, "{counters:?}");
+    assert_eq!(counters.refresh_token_requests, 4, "{counters:?}");
+    let (generation, refresh_token) = stored_refresh_token(&platform, "acc-sf").await;
+    assert_eq!(generation, 4);
+    assert!(
+        emulator.is_refresh_token_live(&refresh_token),
+        "the account holds the emulator's live refresh token"
+    );
+    let http = reqwest::Client::new();
+    let status: Value = http
+        .get(format!("{}/status.json", service.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let acc = &status["accounts"][0];
+    assert_eq!(acc["state"], "active", "{status}");
+    // Every rotation applied once, each descending from the one before.
+    assert_eq!((acc["updates_applied"].as_u64(), acc["updates_unfenced"].as_u64()), (Some(4), Some(0)), "{status}");
+    assert_eq!(acc["forks"], 0);
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let _ = std::fs::write(target.join("platform-e2e-status.json"), status.to_string());
+    if let Ok(page) = http.get(format!("{}/status", service.base)).send().await
+        && let Ok(html) = page.text().await
+    {
+        let _ = std::fs::write(target.join("platform-e2e-status.html"), html);
+    }
+    eprintln!("status after the end-to-end run: {status}");
+
+    service.child.start_kill().unwrap();
+    let _ = service.child.wait().await;
+    for q in [queue.clone(), format!("{queue}.dead")] {
+        let _ = topo.channel.queue_delete(q.into(), Default::default()).await;
+    }
+    topo.cleanup().await;
+    schema.cleanup().await;
+}
