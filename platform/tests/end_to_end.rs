@@ -94,6 +94,8 @@ async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
     topo.step_queue("step_1", input_key.clone()).await;
     let data = topo.queue("data", topo.rk("step_1", "message")).await;
     let errors = topo.queue("errors", topo.rk("step_1", "error")).await;
+    // A copy of every updateKeys message, to replay at the end.
+    let tap = topo.queue("keys-tap", topo.rk("step_1", "update_keys")).await;
 
     // The account and the step live on the platform; the worker gets them from its API.
     platform
@@ -234,8 +236,7 @@ async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
         emulator.is_refresh_token_live(&refresh_token),
         "the account holds the emulator's live refresh token"
     );
-    let http = reqwest::Client::new();
-    let status: Value = http
+    let status: Value = reqwest::Client::new()
         .get(format!("{}/status.json", service.base))
         .send()
         .await
@@ -248,6 +249,53 @@ async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
     // Every rotation applied once, each descending from the one before.
     assert_eq!((acc["updates_applied"].as_u64(), acc["updates_unfenced"].as_u64()), (Some(4), Some(0)), "{status}");
     assert_eq!(acc["forks"], 0);
+
+    // Replayed (newest first, so also reordered), duplicated, and a forged fork: a message
+    // claiming rotation 1's keys as its parent, with keys nobody rotated to.
+    let mut published = Vec::new();
+    while let Some(got) = topo.try_get(&tap).await {
+        published.push((got.delivery.properties.clone(), got.delivery.data.clone()));
+    }
+    assert_eq!(published.len(), 4, "one updateKeys per rotation");
+    let rk = topo.rk("step_1", "update_keys");
+    for (properties, body) in published.iter().rev() {
+        topo.publish(&rk, body, properties.clone()).await;
+    }
+    let (properties, _) = &published[1];
+    let forged = cipher.encrypt(
+        json!({"keys": {"oauth": {"refresh_token": "forged-rt", "access_token": "forged-at"}}})
+            .to_string()
+            .as_bytes(),
+        ProtocolVersion::V1,
+    );
+    topo.publish(&rk, &forged, properties.clone()).await;
+    let http = reqwest::Client::new();
+    let status_json = async || -> Value {
+        http.get(format!("{}/status.json", service.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    eventually("the replays and the fork handled", Duration::from_secs(15), || async {
+        let status = status_json().await;
+        status["accounts"][0]["forks"] == 1
+            && status["accounts"][0]["updates_stale"].as_u64().unwrap_or(0)
+                + status["accounts"][0]["updates_duplicate"].as_u64().unwrap_or(0)
+                >= 4
+    })
+    .await;
+    let status = status_json().await;
+    let acc = &status["accounts"][0];
+    assert_eq!((acc["updates_duplicate"].as_u64(), acc["updates_stale"].as_u64()), (Some(1), Some(3)), "{status}");
+    assert_eq!(acc["state"], "fork", "{status}");
+    assert_eq!(
+        stored_refresh_token(&platform, "acc-sf").await,
+        (4, refresh_token.clone()),
+        "never moved backwards, the fork not applied"
+    );
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
     let _ = std::fs::write(target.join("platform-e2e-status.json"), status.to_string());
     if let Ok(page) = http.get(format!("{}/status", service.base)).send().await
