@@ -50,10 +50,7 @@ impl Default for ApiOptions {
 /// The router of the API.
 pub fn router(platform: Platform, options: ApiOptions) -> Router {
     Router::new()
-        .route(
-            "/v1/tasks/{flow}/steps/{step}",
-            get(get_step).put(put_step),
-        )
+        .route("/v1/tasks/{flow}/steps/{step}", get(get_step).put(put_step))
         .route("/v1/accounts", axum::routing::post(create_account))
         .route("/v1/accounts/{id}", axum::routing::put(put_account))
         .route("/status", get(status_html))
@@ -213,8 +210,7 @@ async fn put_step(
     } else {
         StatusCode::OK
     };
-    Ok((status, axum::Json(json!({ "flow": flow, "step": step })))
-        .into_response())
+    Ok((status, axum::Json(json!({ "flow": flow, "step": step }))).into_response())
 }
 
 #[derive(serde::Deserialize)]
@@ -312,9 +308,5 @@ async fn status_json(State(platform): Shared) -> Result<axum::Json<status::Statu
 
 async fn metrics(State(platform): Shared) -> Result<Response, ApiError> {
     let text = status::render_metrics(&platform.status().await?);
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        text,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

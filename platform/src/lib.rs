@@ -40,7 +40,9 @@ use deckhand::auth::store::StoreError;
 use deckhand::auth::{AccountId, CredentialStore};
 use deckhand::credentials::Credentials;
 use deckhand::runtime::crypto::MessageCipher;
-use deckhand::store::{KeyRing, PgCredentialStore, Sealed, StoreOptions, refresh_token_fingerprint};
+use deckhand::store::{
+    KeyRing, PgCredentialStore, Sealed, StoreOptions, refresh_token_fingerprint,
+};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Row};
@@ -566,56 +568,57 @@ impl Platform {
             ciphertext: row.try_get("keys_ciphertext")?,
         };
         let stored_keys: Value = serde_json::from_slice(&self.keys.open(&id, generation, &sealed)?)
-            .map_err(|_| PlatformError::Invalid(format!("account `{account}`: stored keys are not JSON")))?;
+            .map_err(|_| {
+                PlatformError::Invalid(format!("account `{account}`: stored keys are not JSON"))
+            })?;
 
-        let decision = if stored_keys == update.keys
-            || (incoming.is_some() && incoming == stored_fp)
-        {
-            Decision::Duplicate
-        } else if incoming.is_some()
-            && sqlx::query_scalar::<_, bool>(
-                "SELECT EXISTS (SELECT 1 FROM account_lineage WHERE account_id = $1
+        let decision =
+            if stored_keys == update.keys || (incoming.is_some() && incoming == stored_fp) {
+                Decision::Duplicate
+            } else if incoming.is_some()
+                && sqlx::query_scalar::<_, bool>(
+                    "SELECT EXISTS (SELECT 1 FROM account_lineage WHERE account_id = $1
                      AND (refresh_fingerprint = $2 OR parent_fingerprint = $2))",
-            )
-            .bind(account)
-            .bind(&incoming)
-            .fetch_one(&mut *tx)
-            .await?
-        {
-            Decision::Stale
-        } else {
-            match &update.parent_fingerprint {
-                Some(parent) if Some(parent) == stored_fp.as_ref() => Decision::Apply {
-                    fenced: true,
-                    parent: stored_fp.clone(),
-                },
-                Some(parent) => {
-                    let sibling: Option<(String, Option<String>)> = sqlx::query_as(
-                        "SELECT refresh_fingerprint, rotated_by FROM account_lineage
+                )
+                .bind(account)
+                .bind(&incoming)
+                .fetch_one(&mut *tx)
+                .await?
+            {
+                Decision::Stale
+            } else {
+                match &update.parent_fingerprint {
+                    Some(parent) if Some(parent) == stored_fp.as_ref() => Decision::Apply {
+                        fenced: true,
+                        parent: stored_fp.clone(),
+                    },
+                    Some(parent) => {
+                        let sibling: Option<(String, Option<String>)> = sqlx::query_as(
+                            "SELECT refresh_fingerprint, rotated_by FROM account_lineage
                          WHERE account_id = $1
                            AND (parent_fingerprint = $2 OR refresh_fingerprint = $2)
                          ORDER BY recorded_at LIMIT 1",
-                    )
-                    .bind(account)
-                    .bind(parent)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    match sibling {
-                        Some(_) => Decision::Fork,
-                        // The parent was never seen: the update overtook its ancestor (or
-                        // the ancestor was never announced). The newest news wins.
-                        None => Decision::Apply {
-                            fenced: false,
-                            parent: Some(parent.clone()),
-                        },
+                        )
+                        .bind(account)
+                        .bind(parent)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        match sibling {
+                            Some(_) => Decision::Fork,
+                            // The parent was never seen: the update overtook its ancestor (or
+                            // the ancestor was never announced). The newest news wins.
+                            None => Decision::Apply {
+                                fenced: false,
+                                parent: Some(parent.clone()),
+                            },
+                        }
                     }
+                    None => Decision::Apply {
+                        fenced: false,
+                        parent: stored_fp.clone(),
+                    },
                 }
-                None => Decision::Apply {
-                    fenced: false,
-                    parent: stored_fp.clone(),
-                },
-            }
-        };
+            };
 
         let outcome = match decision {
             Decision::Duplicate => {

@@ -11,7 +11,11 @@ use deckhand_platform::persister::{self, PersisterOptions};
 use deckhand_platform::{Platform, StepDefinition};
 
 #[derive(Parser)]
-#[command(name = "deckhand-platform", version, about = "The platform side of Deckhand: persists updateKeys with fencing, serves the step API and a status page")]
+#[command(
+    name = "deckhand-platform",
+    version,
+    about = "The platform side of Deckhand: persists updateKeys with fencing, serves the step API and a status page"
+)]
 struct Cli {
     /// The PostgreSQL database (the credential store's).
     #[arg(long, env = "DECKHAND_STORE_URL", hide_env_values = true)]
@@ -28,13 +32,21 @@ enum Command {
     /// Runs the HTTP API, the status page and the updateKeys persister.
     Serve {
         /// Address to listen on.
-        #[arg(long, env = "DECKHAND_PLATFORM_LISTEN", default_value = "127.0.0.1:9090")]
+        #[arg(
+            long,
+            env = "DECKHAND_PLATFORM_LISTEN",
+            default_value = "127.0.0.1:9090"
+        )]
         listen: String,
         /// The broker; without it, no persister runs (API only).
         #[arg(long, env = "ELASTICIO_AMQP_URI", hide_env_values = true)]
         amqp_uri: Option<String>,
         /// The queue the persister consumes (declared if missing; `<queue>.dead` too).
-        #[arg(long, env = "DECKHAND_PLATFORM_QUEUE", default_value = "deckhand.update_keys")]
+        #[arg(
+            long,
+            env = "DECKHAND_PLATFORM_QUEUE",
+            default_value = "deckhand.update_keys"
+        )]
         queue: String,
         /// Bindings of the queue, `exchange=routing-key` (the workers'
         /// `ELASTICIO_PUBLISH_MESSAGES_TO` and `ELASTICIO_UPDATE_KEYS_ROUTING_KEY`); repeatable.
@@ -148,8 +160,9 @@ async fn run(cli: Cli) -> Result<(), String> {
                 let _ = stop.wait_for(|s| *s).await;
             });
             let signals = async {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = tokio::signal::ctrl_c() => {}
@@ -174,8 +187,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::PutStep { flow, step, file } => {
-            let def: StepDefinition = serde_json::from_value(read_json(&file)?)
-                .map_err(|e| format!("{file}: {}", e.to_string().split(" at line").next().unwrap_or("invalid")))?;
+            let def: StepDefinition = serde_json::from_value(read_json(&file)?).map_err(|e| {
+                format!(
+                    "{file}: {}",
+                    e.to_string().split(" at line").next().unwrap_or("invalid")
+                )
+            })?;
             let created = platform
                 .put_step(&flow, &step, def)
                 .await
@@ -209,8 +226,7 @@ async fn run(cli: Cli) -> Result<(), String> {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -92,7 +92,10 @@ pub async fn run(
 async fn declare(channel: &Channel, options: &PersisterOptions) -> Result<(), lapin::Error> {
     let mut args = FieldTable::default();
     if options.quorum {
-        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
     }
     let durable = QueueDeclareOptions {
         durable: true,
@@ -126,7 +129,9 @@ async fn session(platform: &Platform, options: &PersisterOptions) -> Result<(), 
     .await
     .map_err(|e| e.to_string())?;
     let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
-    declare(&channel, options).await.map_err(|e| e.to_string())?;
+    declare(&channel, options)
+        .await
+        .map_err(|e| e.to_string())?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
@@ -175,11 +180,7 @@ async fn handle(
         Verdict::Done => {}
         Verdict::Dead(reason) => {
             tracing::warn!(reason = %reason, "updateKeys message dead-lettered");
-            let mut headers = delivery
-                .properties
-                .headers()
-                .clone()
-                .unwrap_or_default();
+            let mut headers = delivery.properties.headers().clone().unwrap_or_default();
             headers.insert(
                 DEAD_REASON_HEADER.into(),
                 AMQPValue::LongString(LongString::from(reason.as_str())),
@@ -204,7 +205,10 @@ async fn handle(
             if !confirm.is_ack() {
                 return Err("the broker refused the dead-letter publish".into());
             }
-            platform.metrics().dead_lettered.fetch_add(1, Ordering::Relaxed);
+            platform
+                .metrics()
+                .dead_lettered
+                .fetch_add(1, Ordering::Relaxed);
         }
         Verdict::Retry(reason) => {
             tracing::warn!(reason = %reason, "updateKeys not applied; returning it to the queue");
@@ -268,7 +272,10 @@ async fn process(platform: &Platform, delivery: &lapin::message::Delivery) -> Re
     let version = match header_number(headers, header::PROTOCOL_VERSION) {
         None => ProtocolVersion::V1,
         Some(n) => ProtocolVersion::from_number(n as i64).ok_or_else(|| {
-            Failure::Malformed(format!("header `{}`: unknown version {n}", header::PROTOCOL_VERSION))
+            Failure::Malformed(format!(
+                "header `{}`: unknown version {n}",
+                header::PROTOCOL_VERSION
+            ))
         })?,
     };
     let body: Value = cipher

@@ -145,7 +145,12 @@ pub fn render_html(status: &Status) -> String {
     let counters = status
         .service
         .iter()
-        .map(|(k, v)| format!("<li><span class=\"counter\" id=\"{k}\">{v}</span> {}</li>", k.replace('_', " ")))
+        .map(|(k, v)| {
+            format!(
+                "<li><span class=\"counter\" id=\"{k}\">{v}</span> {}</li>",
+                k.replace('_', " ")
+            )
+        })
         .collect::<String>();
     format!(
         "<!DOCTYPE html>

@@ -131,29 +131,48 @@ async fn step_api_serves_latest_keys_and_fences_account_updates() {
     assert_eq!(body["error"], "account `acc-1` already exists");
     let step_def = json!({"function": "query", "account_id": "acc-1", "config": {"loginUrl": "https://x.invalid"}});
     let (status, _) = status_and_json(
-        server.put("/v1/tasks/flow-1/steps/step_1", &step_def).send().await.unwrap(),
-    )
-    .await;
-    assert_eq!(status, 201);
-    let (status, body) = status_and_json(
         server
-            .put("/v1/tasks/flow-1/steps/step_2", &json!({"account_id": "nope"}))
+            .put("/v1/tasks/flow-1/steps/step_1", &step_def)
             .send()
             .await
             .unwrap(),
     )
     .await;
-    assert_eq!((status, body["error"].as_str()), (404, Some("account `nope` does not exist")));
+    assert_eq!(status, 201);
     let (status, body) = status_and_json(
         server
-            .put("/v1/tasks/flow-1/steps/step_2", &json!({"acount_id": "acc-1"}))
+            .put(
+                "/v1/tasks/flow-1/steps/step_2",
+                &json!({"account_id": "nope"}),
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("account `nope` does not exist"))
+    );
+    let (status, body) = status_and_json(
+        server
+            .put(
+                "/v1/tasks/flow-1/steps/step_2",
+                &json!({"acount_id": "acc-1"}),
+            )
             .send()
             .await
             .unwrap(),
     )
     .await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("field `acount_id`"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("field `acount_id`"),
+        "{body}"
+    );
 
     // HTTP Basic.
     let path = "/v1/tasks/flow-1/steps/step_1";
@@ -181,9 +200,18 @@ async fn step_api_serves_latest_keys_and_fences_account_updates() {
     assert_eq!(step["config"]["_account"], "acc-1");
     assert_eq!(step["config"]["loginUrl"], "https://x.invalid");
     assert_eq!(step["config"]["oauth"]["refresh_token"], "rt0");
-    let (status, body) =
-        status_and_json(server.get("/v1/tasks/flow-1/steps/none").send().await.unwrap()).await;
-    assert_eq!((status, body["error"].as_str()), (404, Some("step `flow-1/none` does not exist")));
+    let (status, body) = status_and_json(
+        server
+            .get("/v1/tasks/flow-1/steps/none")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("step `flow-1/none` does not exist"))
+    );
 
     // The official runtime's PUT (no lineage): applied, then a duplicate, then a replay.
     let put = |rt: &str| server.put("/v1/accounts/acc-1", &json!({"keys": keys(rt)}));
@@ -194,7 +222,11 @@ async fn step_api_serves_latest_keys_and_fences_account_updates() {
     ] {
         let (status, body) = status_and_json(put(rt).send().await.unwrap()).await;
         assert_eq!(status, 200, "{body}");
-        assert_eq!((body["outcome"].as_str(), body["generation"].as_u64()), (Some(outcome), Some(generation)), "{rt}");
+        assert_eq!(
+            (body["outcome"].as_str(), body["generation"].as_u64()),
+            (Some(outcome), Some(generation)),
+            "{rt}"
+        );
     }
     // A Deckhand worker in the official mode sends its lineage: fenced.
     let source = StepSource::Api {
@@ -231,8 +263,15 @@ async fn step_api_serves_latest_keys_and_fences_account_updates() {
     assert!(err.0.contains("409"), "{}", err.0);
     let (_, step) = status_and_json(server.get(path).send().await.unwrap()).await;
     assert_eq!(step["config"]["oauth"]["refresh_token"], "rt2");
-    let (_, status) =
-        status_and_json(server.http.get(server.url("/status.json")).send().await.unwrap()).await;
+    let (_, status) = status_and_json(
+        server
+            .http
+            .get(server.url("/status.json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let acc = &status["accounts"][0];
     assert_eq!(acc["state"], "fork");
     assert_eq!(acc["generation"], 2);
@@ -255,7 +294,13 @@ async fn step_api_serves_latest_keys_and_fences_account_updates() {
     )
     .await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("is not valid JSON at line 1"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("is not valid JSON at line 1"),
+        "{body}"
+    );
     assert!(!body.to_string().contains("SECRET"));
     let (status, body) = status_and_json(
         server
@@ -277,13 +322,24 @@ async fn step_api_serves_latest_keys_and_fences_account_updates() {
         .unwrap();
     assert_eq!(plain.status().as_u16(), 415);
     let huge = json!({"keys": {"oauth": {"refresh_token": "x".repeat(16 * 1024)}}});
-    let too_big = server.put("/v1/accounts/acc-1", &huge).send().await.unwrap();
+    let too_big = server
+        .put("/v1/accounts/acc-1", &huge)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(too_big.status().as_u16(), 413);
     let (status, body) = status_and_json(
-        server.put("/v1/accounts/nope", &json!({"keys": keys("x")})).send().await.unwrap(),
+        server
+            .put("/v1/accounts/nope", &json!({"keys": keys("x")}))
+            .send()
+            .await
+            .unwrap(),
     )
     .await;
-    assert_eq!((status, body["error"].as_str()), (404, Some("account `nope` does not exist")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("account `nope` does not exist"))
+    );
 
     // Nothing secret in the logs: no token, no API key.
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();

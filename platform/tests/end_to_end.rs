@@ -48,9 +48,19 @@ async fn start_service(schema: &TestSchema, topo: &Topology, port: u16, queue: &
         .env("ELASTICIO_MESSAGE_CRYPTO_PASSWORD", PASSWORD)
         .env("ELASTICIO_MESSAGE_CRYPTO_IV", IV)
         .env("RUST_LOG", "info")
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--queue", queue])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--queue",
+            queue,
+        ])
         .arg("--bind")
-        .arg(format!("{}={}", topo.exchange, topo.rk("step_1", "update_keys")))
+        .arg(format!(
+            "{}={}",
+            topo.exchange,
+            topo.rk("step_1", "update_keys")
+        ))
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
@@ -95,7 +105,9 @@ async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
     let data = topo.queue("data", topo.rk("step_1", "message")).await;
     let errors = topo.queue("errors", topo.rk("step_1", "error")).await;
     // A copy of every updateKeys message, to replay at the end.
-    let tap = topo.queue("keys-tap", topo.rk("step_1", "update_keys")).await;
+    let tap = topo
+        .queue("keys-tap", topo.rk("step_1", "update_keys"))
+        .await;
 
     // The account and the step live on the platform; the worker gets them from its API.
     platform
@@ -123,7 +135,10 @@ async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
             ("ELASTICIO_FLOW_ID", &flow),
             ("ELASTICIO_FUNCTION", "query"),
             ("ELASTICIO_LISTEN_MESSAGES_ON", &topo.name("step_1-in")),
-            ("ELASTICIO_UPDATE_KEYS_ROUTING_KEY", &topo.rk("step_1", "update_keys")),
+            (
+                "ELASTICIO_UPDATE_KEYS_ROUTING_KEY",
+                &topo.rk("step_1", "update_keys"),
+            ),
             ("ELASTICIO_DATA_RATE_LIMIT", "0"),
             ("ELASTICIO_API_URI", &service.base),
             ("ELASTICIO_API_USERNAME", "task-user"),
@@ -165,7 +180,8 @@ async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
         for _ in 0..3 {
             sent += 1;
             let id = format!("m{sent}");
-            let plain = json!({"id": id, "body": {"query": "SELECT Id, Name FROM Account LIMIT 2"}});
+            let plain =
+                json!({"id": id, "body": {"query": "SELECT Id, Name FROM Account LIMIT 2"}});
             let mut headers = FieldTable::default();
             headers.insert("messageId".into(), js_string(id));
             topo.publish(
@@ -178,10 +194,18 @@ async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
         sent
     };
     let wait_data = async |topo: &Topology, messages: u32| {
-        eventually(&format!("{messages} messages processed"), Duration::from_secs(30), || async {
-            assert_eq!(topo.ready(&errors).await, 0, "the worker published an error");
-            topo.ready(&data).await >= messages * 2
-        })
+        eventually(
+            &format!("{messages} messages processed"),
+            Duration::from_secs(30),
+            || async {
+                assert_eq!(
+                    topo.ready(&errors).await,
+                    0,
+                    "the worker published an error"
+                );
+                topo.ready(&data).await >= messages * 2
+            },
+        )
         .await;
     };
     let generation = async || stored_refresh_token(&platform, "acc-sf").await.0;
@@ -190,7 +214,10 @@ async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
     let (worker, _stop_1) = start_worker().await;
     let n = send_batch(&topo).await;
     wait_data(&topo, n).await;
-    eventually("rotation 1 persisted", Duration::from_secs(15), || async { generation().await == 1 }).await;
+    eventually("rotation 1 persisted", Duration::from_secs(15), || async {
+        generation().await == 1
+    })
+    .await;
 
     // Lifetime 2: the persister is SIGKILLed while the worker rotates; the update waits in
     // the queue and the restarted service applies it.
@@ -199,18 +226,27 @@ async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
     service.child.wait().await.unwrap();
     let n = send_batch(&topo).await;
     wait_data(&topo, n).await;
-    assert_eq!(generation().await, 1, "nothing applied while the persister is down");
+    assert_eq!(
+        generation().await,
+        1,
+        "nothing applied while the persister is down"
+    );
     let mut service = start_service(&schema, &topo, port, &queue).await;
-    eventually("rotation 2 persisted after the restart", Duration::from_secs(15), || async {
-        generation().await == 2
-    })
+    eventually(
+        "rotation 2 persisted after the restart",
+        Duration::from_secs(15),
+        || async { generation().await == 2 },
+    )
     .await;
 
     // Lifetime 3: once its rotation is persisted, the worker is killed mid-stream (no
     // shutdown; its connections are cut) and a new one starts from the platform's keys.
     tokio::time::sleep(LIFETIME + Duration::from_millis(300)).await;
     let n = send_batch(&topo).await;
-    eventually("rotation 3 persisted", Duration::from_secs(15), || async { generation().await == 3 }).await;
+    eventually("rotation 3 persisted", Duration::from_secs(15), || async {
+        generation().await == 3
+    })
+    .await;
     // Aborted, not stopped: no shutdown runs; dropping it cuts its connections, and the
     // broker redelivers what it had not acked.
     worker.abort();
@@ -222,7 +258,10 @@ async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
     tokio::time::sleep(LIFETIME + Duration::from_millis(300)).await;
     let n = send_batch(&topo).await;
     wait_data(&topo, n).await;
-    eventually("rotation 4 persisted", Duration::from_secs(15), || async { generation().await == 4 }).await;
+    eventually("rotation 4 persisted", Duration::from_secs(15), || async {
+        generation().await == 4
+    })
+    .await;
     stop_2.send(()).unwrap();
     assert_eq!(worker.await.unwrap(), 0);
 
@@ -247,7 +286,14 @@ async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
     let acc = &status["accounts"][0];
     assert_eq!(acc["state"], "active", "{status}");
     // Every rotation applied once, each descending from the one before.
-    assert_eq!((acc["updates_applied"].as_u64(), acc["updates_unfenced"].as_u64()), (Some(4), Some(0)), "{status}");
+    assert_eq!(
+        (
+            acc["updates_applied"].as_u64(),
+            acc["updates_unfenced"].as_u64()
+        ),
+        (Some(4), Some(0)),
+        "{status}"
+    );
     assert_eq!(acc["forks"], 0);
 
     // Replayed (newest first, so also reordered), duplicated, and a forged fork: a message
@@ -279,17 +325,30 @@ async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
             .await
             .unwrap()
     };
-    eventually("the replays and the fork handled", Duration::from_secs(15), || async {
-        let status = status_json().await;
-        status["accounts"][0]["forks"] == 1
-            && status["accounts"][0]["updates_stale"].as_u64().unwrap_or(0)
-                + status["accounts"][0]["updates_duplicate"].as_u64().unwrap_or(0)
-                >= 4
-    })
+    eventually(
+        "the replays and the fork handled",
+        Duration::from_secs(15),
+        || async {
+            let status = status_json().await;
+            status["accounts"][0]["forks"] == 1
+                && status["accounts"][0]["updates_stale"].as_u64().unwrap_or(0)
+                    + status["accounts"][0]["updates_duplicate"]
+                        .as_u64()
+                        .unwrap_or(0)
+                    >= 4
+        },
+    )
     .await;
     let status = status_json().await;
     let acc = &status["accounts"][0];
-    assert_eq!((acc["updates_duplicate"].as_u64(), acc["updates_stale"].as_u64()), (Some(1), Some(3)), "{status}");
+    assert_eq!(
+        (
+            acc["updates_duplicate"].as_u64(),
+            acc["updates_stale"].as_u64()
+        ),
+        (Some(1), Some(3)),
+        "{status}"
+    );
     assert_eq!(acc["state"], "fork", "{status}");
     assert_eq!(
         stored_refresh_token(&platform, "acc-sf").await,
@@ -308,7 +367,10 @@ async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
     service.child.start_kill().unwrap();
     let _ = service.child.wait().await;
     for q in [queue.clone(), format!("{queue}.dead")] {
-        let _ = topo.channel.queue_delete(q.into(), Default::default()).await;
+        let _ = topo
+            .channel
+            .queue_delete(q.into(), Default::default())
+            .await;
     }
     topo.cleanup().await;
     schema.cleanup().await;

@@ -65,7 +65,10 @@ async fn fencing_applies_descendants_and_drops_duplicates_replays_and_forks() {
         apply(update(Some("rt1"), "rt2-other")).await,
         Outcome::Fork { generation: 2 }
     );
-    assert_eq!(stored_refresh_token(&platform, "acc").await, (2, "rt2".into()));
+    assert_eq!(
+        stored_refresh_token(&platform, "acc").await,
+        (2, "rt2".into())
+    );
     // Without lineage (the official runtime's PUT): last-write-wins, counted.
     assert_eq!(
         apply(update(None, "rt3")).await,
@@ -87,7 +90,10 @@ async fn fencing_applies_descendants_and_drops_duplicates_replays_and_forks() {
         apply(update(Some("rt3"), "rt4")).await,
         Outcome::Stale { generation: 4 }
     );
-    assert_eq!(stored_refresh_token(&platform, "acc").await, (4, "rt5".into()));
+    assert_eq!(
+        stored_refresh_token(&platform, "acc").await,
+        (4, "rt5".into())
+    );
 
     let status = platform.status().await.unwrap();
     let acc = &status.accounts[0];
@@ -123,8 +129,18 @@ async fn persister_applies_the_workers_updates_from_rabbitmq_with_fencing() {
     let platform = platform(&schema).await;
     let topo = Topology::new().await;
     let flow = format!("flow-{}", topo.id);
-    platform.create_account("acc-amqp", keys("rt0")).await.unwrap();
-    step(&platform, &flow, "step_1", "acc-amqp", json!({"prodEnv": "login"})).await;
+    platform
+        .create_account("acc-amqp", keys("rt0"))
+        .await
+        .unwrap();
+    step(
+        &platform,
+        &flow,
+        "step_1",
+        "acc-amqp",
+        json!({"prodEnv": "login"}),
+    )
+    .await;
     let options = persister_options(&topo);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(persister::run(platform.clone(), options.clone(), async {
@@ -177,7 +193,10 @@ async fn persister_applies_the_workers_updates_from_rabbitmq_with_fencing() {
     other.insert("accountId".into(), js_string("someone-else"));
     topo.publish(
         &rk,
-        &cipher().encrypt(json!({"keys": keys("evil")}).to_string().as_bytes(), Default::default()),
+        &cipher().encrypt(
+            json!({"keys": keys("evil")}).to_string().as_bytes(),
+            Default::default(),
+        ),
         BasicProperties::default().with_headers(other),
     )
     .await;
@@ -187,10 +206,14 @@ async fn persister_applies_the_workers_updates_from_rabbitmq_with_fencing() {
         deckhand_tests::broker::ready(&topo.channel, &dead).await >= 2
     })
     .await;
-    eventually("the fork and the replay", Duration::from_secs(15), || async {
-        let s = platform.status().await.unwrap();
-        s.accounts[0].forks == 1 && s.accounts[0].updates_stale == 1
-    })
+    eventually(
+        "the fork and the replay",
+        Duration::from_secs(15),
+        || async {
+            let s = platform.status().await.unwrap();
+            s.accounts[0].forks == 1 && s.accounts[0].updates_stale == 1
+        },
+    )
     .await;
     assert_eq!(
         stored_refresh_token(&platform, "acc-amqp").await,
@@ -207,8 +230,15 @@ async fn persister_applies_the_workers_updates_from_rabbitmq_with_fencing() {
     );
     let mut reasons = Vec::new();
     while let Some(got) = topo.try_get(&dead).await {
-        let headers = got.delivery.properties.headers().clone().unwrap_or_default();
-        reasons.push(deckhand::runtime::protocol::header_string(&headers, DEAD_REASON_HEADER).unwrap());
+        let headers = got
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
+        reasons.push(
+            deckhand::runtime::protocol::header_string(&headers, DEAD_REASON_HEADER).unwrap(),
+        );
     }
     reasons.sort();
     assert_eq!(reasons.len(), 2, "{reasons:?}");

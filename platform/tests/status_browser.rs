@@ -97,24 +97,41 @@ async fn status_page_in_headless_chromium() {
         .await
         .unwrap();
     // What store-backed workers record when the provider refuses or a rotation is lost.
-    for (id, state) in [("acc-reauth", "needs_reauth"), ("acc-lost", "rotation_lost")] {
-        sqlx::query("UPDATE accounts SET state = $2, state_detail = 'invalid_grant' WHERE account_id = $1")
-            .bind(id)
-            .bind(state)
-            .execute(platform.store().pool())
-            .await
-            .unwrap();
+    for (id, state) in [
+        ("acc-reauth", "needs_reauth"),
+        ("acc-lost", "rotation_lost"),
+    ] {
+        sqlx::query(
+            "UPDATE accounts SET state = $2, state_detail = 'invalid_grant' WHERE account_id = $1",
+        )
+        .bind(id)
+        .bind(state)
+        .execute(platform.store().pool())
+        .await
+        .unwrap();
     }
-    step(&platform, "flow-1", "step_1", "acc-active", serde_json::json!({})).await;
+    step(
+        &platform,
+        "flow-1",
+        "step_1",
+        "acc-active",
+        serde_json::json!({}),
+    )
+    .await;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/status", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, platform.clone(), ApiOptions::default(), async {
-        let _ = stopped.await;
-    }));
-    let screenshot = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/platform-status.png");
+    let server = tokio::spawn(serve(
+        listener,
+        platform.clone(),
+        ApiOptions::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let screenshot =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/platform-status.png");
     let dom = dump_dom(&url, &screenshot).await;
 
     let row = |id: &str| {
@@ -126,13 +143,25 @@ async fn status_page_in_headless_chromium() {
     };
     let active = row("acc-active");
     assert!(active.contains("data-state=\"active\""), "{active}");
-    assert!(active.contains("<td class=\"generation\">1</td>"), "{active}");
+    assert!(
+        active.contains("<td class=\"generation\">1</td>"),
+        "{active}"
+    );
     assert!(active.contains("worker-a:1"), "{active}");
     assert!(active.contains("<td>1</td>"), "the step count: {active}");
     let fork = row("acc-fork");
-    assert!(fork.contains("<span class=\"badge fork\">fork</span>"), "{fork}");
-    assert!(fork.contains("worker-c:2"), "the fork names the second worker: {fork}");
-    assert!(fork.contains("worker-b:1"), "the kept rotation's worker: {fork}");
+    assert!(
+        fork.contains("<span class=\"badge fork\">fork</span>"),
+        "{fork}"
+    );
+    assert!(
+        fork.contains("worker-c:2"),
+        "the fork names the second worker: {fork}"
+    );
+    assert!(
+        fork.contains("worker-b:1"),
+        "the kept rotation's worker: {fork}"
+    );
     assert!(row("acc-reauth").contains("needs re-auth"));
     assert!(row("acc-lost").contains("rotation lost"));
     assert!(dom.contains("4 accounts, 3 need attention."), "{dom}");

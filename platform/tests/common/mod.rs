@@ -118,23 +118,27 @@ where
 /// Waits until `queue` exists (declared by the persister). A failed passive declare closes
 /// its channel, so each probe uses a channel of its own.
 pub async fn wait_for_queue(topo: &Topology, queue: &str) {
-    eventually(&format!("queue {queue}"), Duration::from_secs(15), || async {
-        let Ok(channel) = topo.conn.create_channel().await else {
-            return false;
-        };
-        let found = channel
-            .queue_declare(
-                queue.to_owned().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await
-            .is_ok();
-        let _ = channel.close(200, "OK".into()).await;
-        found
-    })
+    eventually(
+        &format!("queue {queue}"),
+        Duration::from_secs(15),
+        || async {
+            let Ok(channel) = topo.conn.create_channel().await else {
+                return false;
+            };
+            let found = channel
+                .queue_declare(
+                    queue.to_owned().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
+                .await
+                .is_ok();
+            let _ = channel.close(200, "OK".into()).await;
+            found
+        },
+    )
     .await;
 }
