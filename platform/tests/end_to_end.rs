@@ -1,7 +1,7 @@
 //! End to end on the real RabbitMQ and PostgreSQL against the provider emulator (single-use
 //! refresh tokens, 2 s token lifetime): the `deckhand-platform` binary runs as a process; the
-//! Salesforce connector runs as an AMQP worker whose step comes from the platform's API and
-//! whose rotations the platform's persister stores.
+//! Salesforce and the Microsoft Graph connectors each run as an AMQP worker whose step comes
+//! from the platform's API and whose rotations the platform's persister stores.
 //!
 //! Mid-stream the persister is killed with SIGKILL (rotations wait in the queue, nothing is
 //! lost, nothing applied twice) and the worker is killed and restarted (it continues with the
@@ -86,6 +86,19 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// One connector's part in the scenario.
+struct Scenario<C> {
+    account: &'static str,
+    function: &'static str,
+    descriptor: &'static str,
+    /// The account's keys (credential fields and the token) and the step's other fields.
+    account_keys: Value,
+    step_config: Value,
+    body: Value,
+    outputs_per_message: u32,
+    connector: Arc<dyn Fn() -> C + Send + Sync>,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
     let emulator = Emulator::start(EmulatorConfig {
@@ -96,6 +109,74 @@ async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
     .await
     .unwrap();
     let client = emulator.client().clone();
+    run(
+        &emulator,
+        Scenario {
+            account: "acc-sf",
+            function: "query",
+            descriptor: include_str!("../../connectors/salesforce/component.json"),
+            account_keys: json!({"oauth": {"refresh_token": emulator.issue_refresh_token(&client.id)}}),
+            step_config: json!({"prodEnv": "login", "loginUrl": emulator.base_url()}),
+            body: json!({"query": "SELECT Id, Name FROM Account LIMIT 2"}),
+            outputs_per_message: 2,
+            connector: Arc::new(move || {
+                deckhand_salesforce::Salesforce::new(deckhand_salesforce::OAuthApp::new(
+                    client.id.clone(),
+                    client.secret.clone(),
+                ))
+            }),
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msgraph_worker_and_persister_killed_mid_stream_lose_no_rotation() {
+    let emulator = Emulator::start(EmulatorConfig {
+        token_lifetime: LIFETIME,
+        graph_refresh_rotation: RefreshRotation::Strict,
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let client = emulator.client().clone();
+    run(
+        &emulator,
+        Scenario {
+            account: "acc-graph",
+            function: "listUsers",
+            descriptor: include_str!("../../connectors/msgraph/component.json"),
+            // The app's secret is a credential: it lives in the (encrypted) account.
+            account_keys: json!({
+                "tenantId": emulator.config().tenant_id,
+                "clientId": client.id,
+                "clientSecret": client.secret,
+                "oauth": {"refresh_token": emulator.issue_refresh_token(&client.id)},
+            }),
+            step_config: json!({
+                "authMode": "delegated",
+                "authorityUrl": emulator.base_url(),
+                "graphUrl": emulator.base_url(),
+            }),
+            body: json!({"pageSize": 2}),
+            outputs_per_message: emulator.graph_users().len() as u32,
+            connector: Arc::new(deckhand_msgraph::MsGraph::default),
+        },
+    )
+    .await;
+}
+
+async fn run<C: deckhand::connector::Connector>(emulator: &Emulator, scenario: Scenario<C>) {
+    let Scenario {
+        account,
+        function,
+        descriptor,
+        account_keys,
+        step_config,
+        body,
+        outputs_per_message,
+        connector,
+    } = scenario;
     let schema = TestSchema::new().await;
     let platform = platform(&schema).await;
     let mut topo = Topology::new().await;
@@ -111,20 +192,10 @@ async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
 
     // The account and the step live on the platform; the worker gets them from its API.
     platform
-        .create_account(
-            "acc-sf",
-            json!({"oauth": {"refresh_token": emulator.issue_refresh_token(&client.id)}}),
-        )
+        .create_account(account, account_keys)
         .await
         .unwrap();
-    step(
-        &platform,
-        &flow,
-        "step_1",
-        "acc-sf",
-        json!({"prodEnv": "login", "loginUrl": emulator.base_url()}),
-    )
-    .await;
+    step(&platform, &flow, "step_1", account, step_config).await;
     let api_key = platform.create_api_user("task-user").await.unwrap();
     let queue = topo.name("platform-keys");
     let port = free_port();
@@ -133,7 +204,7 @@ async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
     let cfg = Arc::new(
         RuntimeConfig::from_vars(topo.env(&[
             ("ELASTICIO_FLOW_ID", &flow),
-            ("ELASTICIO_FUNCTION", "query"),
+            ("ELASTICIO_FUNCTION", function),
             ("ELASTICIO_LISTEN_MESSAGES_ON", &topo.name("step_1-in")),
             (
                 "ELASTICIO_UPDATE_KEYS_ROUTING_KEY",
@@ -151,18 +222,14 @@ async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
     let start_worker = || {
         let cfg = cfg.clone();
         let connection_name = connection_name.clone();
-        let client = client.clone();
+        let connector = connector.clone();
         async move {
             let mut options = TransportOptions::from_config(&cfg);
             options.connection_name = connection_name;
-            let connector = deckhand_salesforce::Salesforce::new(
-                deckhand_salesforce::OAuthApp::new(client.id.clone(), client.secret.clone()),
-            );
             let worker = Worker::start_with(
-                Arc::new(connector),
+                Arc::new(connector()),
                 cfg,
-                &serde_json::from_str(include_str!("../../connectors/salesforce/component.json"))
-                    .unwrap(),
+                &serde_json::from_str(descriptor).unwrap(),
                 options,
             )
             .await
@@ -180,8 +247,7 @@ async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
         for _ in 0..3 {
             sent += 1;
             let id = format!("m{sent}");
-            let plain =
-                json!({"id": id, "body": {"query": "SELECT Id, Name FROM Account LIMIT 2"}});
+            let plain = json!({"id": id, "body": body});
             let mut headers = FieldTable::default();
             headers.insert("messageId".into(), js_string(id));
             topo.publish(
@@ -203,12 +269,12 @@ async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
                     0,
                     "the worker published an error"
                 );
-                topo.ready(&data).await >= messages * 2
+                topo.ready(&data).await >= messages * outputs_per_message
             },
         )
         .await;
     };
-    let generation = async || stored_refresh_token(&platform, "acc-sf").await.0;
+    let generation = async || stored_refresh_token(&platform, account).await.0;
 
     // Lifetime 1: the first token.
     let (worker, _stop_1) = start_worker().await;
@@ -269,7 +335,7 @@ async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
     assert_eq!(counters.invalid_grant, 0, "{counters:?}");
     assert_eq!(counters.family_revocations, 0, "{counters:?}");
     assert_eq!(counters.refresh_token_requests, 4, "{counters:?}");
-    let (generation, refresh_token) = stored_refresh_token(&platform, "acc-sf").await;
+    let (generation, refresh_token) = stored_refresh_token(&platform, account).await;
     assert_eq!(generation, 4);
     assert!(
         emulator.is_refresh_token_live(&refresh_token),
@@ -351,16 +417,22 @@ async fn salesforce_worker_and_persister_killed_mid_stream_lose_no_rotation() {
     );
     assert_eq!(acc["state"], "fork", "{status}");
     assert_eq!(
-        stored_refresh_token(&platform, "acc-sf").await,
+        stored_refresh_token(&platform, account).await,
         (4, refresh_token.clone()),
         "never moved backwards, the fork not applied"
     );
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
-    let _ = std::fs::write(target.join("platform-e2e-status.json"), status.to_string());
+    let _ = std::fs::write(
+        target.join(format!("platform-e2e-status-{account}.json")),
+        status.to_string(),
+    );
     if let Ok(page) = http.get(format!("{}/status", service.base)).send().await
         && let Ok(html) = page.text().await
     {
-        let _ = std::fs::write(target.join("platform-e2e-status.html"), html);
+        let _ = std::fs::write(
+            target.join(format!("platform-e2e-status-{account}.html")),
+            html,
+        );
     }
     eprintln!("status after the end-to-end run: {status}");
 
