@@ -77,7 +77,7 @@ pub async fn run(
             result = session(&platform, &options) => match result {
                 Ok(()) => delay = Duration::from_millis(200),
                 Err(e) => {
-                    tracing::warn!(broker = %redact(&options.amqp_uri), error = %e, "persister lost the broker; reconnecting");
+                    tracing::warn!(broker = %redact(&options.amqp_uri), error = %e, queue = %options.queue, "persister stopped; retrying");
                 }
             },
         }
@@ -129,9 +129,9 @@ async fn session(platform: &Platform, options: &PersisterOptions) -> Result<(), 
     .await
     .map_err(|e| e.to_string())?;
     let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
-    declare(&channel, options)
-        .await
-        .map_err(|e| e.to_string())?;
+    declare(&channel, options).await.map_err(|e| {
+        format!("declaring and binding the queues (does every --bind exchange exist?): {e}")
+    })?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await

@@ -208,8 +208,7 @@ impl LineageTracker {
     }
 
     fn persisted(&self, lineage: &Lineage) {
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
-            lineage.refresh_fingerprint.clone();
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = lineage.refresh_fingerprint.clone();
     }
 }
 
@@ -868,9 +867,7 @@ async fn attach_store(
                 refresh_fingerprint: entry.refresh_fingerprint.clone(),
                 worker: entry.holder.clone(),
             };
-            sink.publish(&entry.update, &lineage)
-                .await
-                .map_err(|e| e.0)
+            sink.publish(&entry.update, &lineage).await.map_err(|e| e.0)
         })
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
