@@ -101,7 +101,8 @@ async fn declare(channel: &Channel, options: &PersisterOptions) -> Result<(), la
         durable: true,
         ..Default::default()
     };
-    for queue in [options.queue.clone(), options.dead_letter_queue()] {
+    // The dead-letter queue first: once the main queue exists, so does its dead-letter queue.
+    for queue in [options.dead_letter_queue(), options.queue.clone()] {
         channel
             .queue_declare(queue.into(), durable, args.clone())
             .await?;

@@ -256,3 +256,136 @@ async fn persister_applies_the_workers_updates_from_rabbitmq_with_fencing() {
     topo.cleanup().await;
     schema.cleanup().await;
 }
+
+/// A store-backed worker commits its rotation to the same row and relays it from the outbox
+/// as `updateKeys` with the row's lineage: the persister recognises it as already applied (a
+/// duplicate), and a rotation the platform applied first supersedes the store holder's commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_backed_workers_and_the_persister_share_one_lineage() {
+    use deckhand::auth::store::{Acquire, Commit};
+    use deckhand::auth::{AccountId, CredentialStore, HolderId};
+    use deckhand::store::OutboxEntry;
+
+    let schema = TestSchema::new().await;
+    let platform = platform(&schema).await;
+    let topo = Topology::new().await;
+    let flow = format!("flow-{}", topo.id);
+    platform
+        .create_account("acc-store", keys("s0"))
+        .await
+        .unwrap();
+    step(&platform, &flow, "step_1", "acc-store", json!({})).await;
+    let options = persister_options(&topo);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(persister::run(platform.clone(), options.clone(), async {
+        let _ = stopped.await;
+    }));
+    wait_for_queue(&topo, &options.queue).await;
+
+    // A store-backed worker's rotation: committed under the lease, then relayed.
+    let store = platform.store().clone();
+    let account = AccountId::new("acc-store").unwrap();
+    let holder = HolderId::new("store-worker:1").unwrap();
+    let Acquire::Leased { lease, .. } = store.try_acquire(&account, &holder).await.unwrap() else {
+        panic!("the lease is free")
+    };
+    let rotation = KeysUpdate {
+        credentials: credentials("s1"),
+        generation: 1,
+        reason: RefreshReason::Expiry,
+    };
+    assert!(matches!(
+        store.commit(&lease, &rotation).await.unwrap(),
+        Commit::Committed
+    ));
+    let cfg = Arc::new(topo.config(&[(
+        "ELASTICIO_UPDATE_KEYS_ROUTING_KEY",
+        &topo.rk("step_1", "update_keys"),
+    )]));
+    let transport = Transport::connect(TransportOptions::from_config(&cfg))
+        .await
+        .unwrap();
+    let sink = Arc::new(AmqpKeysSink::new(
+        cfg.clone(),
+        transport.publisher(),
+        StepFlags {
+            is_passthrough: false,
+            account_id: Some("acc-store".into()),
+        },
+    ));
+    let relay_sink = sink.clone();
+    let publish = move |entry: OutboxEntry| {
+        let sink = relay_sink.clone();
+        Box::pin(async move {
+            let lineage = deckhand::runtime::worker::Lineage {
+                parent_fingerprint: entry.parent_fingerprint.clone(),
+                refresh_fingerprint: entry.refresh_fingerprint.clone(),
+                worker: entry.holder.clone(),
+            };
+            sink.publish(&entry.update, &lineage).await.map_err(|e| e.0)
+        }) as futures_util::future::BoxFuture<'static, Result<(), String>>
+    };
+    assert_eq!(
+        store.relay_outbox(Some(&account), &publish).await.unwrap(),
+        1
+    );
+    eventually(
+        "the relayed update handled",
+        Duration::from_secs(15),
+        || async { platform.status().await.unwrap().accounts[0].updates_duplicate == 1 },
+    )
+    .await;
+    let status = platform.status().await.unwrap();
+    let acc = &status.accounts[0];
+    assert_eq!((acc.generation, acc.updates_applied, acc.forks), (1, 0, 0));
+    assert_eq!(acc.rotated_by.as_deref(), Some("store-worker:1"));
+
+    // The next rotation of a plain worker (lineage from s1) is applied on the same row; the
+    // store holder still spending s1 is superseded, not committed over it.
+    let Acquire::Leased { lease, .. } = store.try_acquire(&account, &holder).await.unwrap() else {
+        panic!("the lease is free")
+    };
+    let plain = AmqpKeysSink::new(
+        cfg.clone(),
+        transport.publisher(),
+        StepFlags {
+            is_passthrough: false,
+            account_id: Some("acc-store".into()),
+        },
+    )
+    .starting_from(Some(&credentials("s1")));
+    plain
+        .persist(&KeysUpdate {
+            credentials: credentials("s2"),
+            generation: 1,
+            reason: RefreshReason::Expiry,
+        })
+        .await
+        .unwrap();
+    eventually(
+        "the plain worker's update applied",
+        Duration::from_secs(15),
+        || async { stored_refresh_token(&platform, "acc-store").await.0 == 2 },
+    )
+    .await;
+    let late = KeysUpdate {
+        credentials: credentials("s2-store"),
+        generation: 2,
+        reason: RefreshReason::Expiry,
+    };
+    assert!(matches!(
+        store.commit(&lease, &late).await.unwrap(),
+        Commit::Superseded(_)
+    ));
+    assert_eq!(
+        stored_refresh_token(&platform, "acc-store").await,
+        (2, "s2".into())
+    );
+
+    stop.send(()).unwrap();
+    running.await.unwrap();
+    transport.close().await;
+    delete_queues(&topo, &options).await;
+    topo.cleanup().await;
+    schema.cleanup().await;
+}
