@@ -115,8 +115,8 @@ where
     }
 }
 
-/// Waits until `queue` exists (declared by the persister). A failed passive declare closes
-/// its channel, so each probe uses a channel of its own.
+/// Waits until the persister consumes `queue` (declared, bound, consumer attached). A failed
+/// passive declare closes its channel, so each probe uses a channel of its own.
 pub async fn wait_for_queue(topo: &Topology, queue: &str) {
     eventually(
         &format!("queue {queue}"),
@@ -135,7 +135,7 @@ pub async fn wait_for_queue(topo: &Topology, queue: &str) {
                     Default::default(),
                 )
                 .await
-                .is_ok();
+                .is_ok_and(|q| q.consumer_count() > 0);
             let _ = channel.close(200, "OK".into()).await;
             found
         },
