@@ -75,6 +75,7 @@ async fn start_service(schema: &TestSchema, topo: &Topology, port: u16, queue: &
             .is_ok_and(|r| r.status().is_success())
     })
     .await;
+    wait_for_queue(topo, queue).await;
     Service { child, base }
 }
 
