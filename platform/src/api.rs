@@ -5,6 +5,7 @@
 //! | `GET /v1/tasks/{flow}/steps/{step}`   | Basic | the step, config merged with the latest keys     |
 //! | `PUT /v1/accounts/{id}`               | Basic | `{"keys": …}` applied with fencing               |
 //! | `POST /v1/accounts`                   | Basic | `{"id", "keys"}`: create an account              |
+//! | `POST /v1/accounts/{id}/reauthorize`  | Basic | `{"keys"}` after the user authorized again       |
 //! | `PUT /v1/tasks/{flow}/steps/{step}`   | Basic | create or replace a step                         |
 //! | `GET /status`, `/status.json`         | none  | the status page (no secrets)                     |
 //! | `GET /metrics`, `/healthz`            | none  | Prometheus counters, liveness                    |
@@ -53,6 +54,10 @@ pub fn router(platform: Platform, options: ApiOptions) -> Router {
         .route("/v1/tasks/{flow}/steps/{step}", get(get_step).put(put_step))
         .route("/v1/accounts", axum::routing::post(create_account))
         .route("/v1/accounts/{id}", axum::routing::put(put_account))
+        .route(
+            "/v1/accounts/{id}/reauthorize",
+            axum::routing::post(reauthorize_account),
+        )
         .route("/status", get(status_html))
         .route("/status.json", get(status_json))
         .route("/metrics", get(metrics))
@@ -238,6 +243,18 @@ async fn create_account(
 #[derive(serde::Deserialize)]
 struct AccountUpdate {
     keys: Value,
+}
+
+async fn reauthorize_account(
+    State(platform): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    authenticate(&platform, &headers).await?;
+    let update: AccountUpdate = parse_body(&headers, &body)?;
+    let generation = platform.reauthorize(&id, update.keys).await?;
+    Ok(axum::Json(json!({ "id": id, "generation": generation })))
 }
 
 fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {

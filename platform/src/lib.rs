@@ -347,6 +347,32 @@ impl Platform {
         Ok(stored.generation)
     }
 
+    /// Replaces an account's keys after the user authorized again (the store's
+    /// [`reauthorize`](PgCredentialStore::reauthorize): next generation, state `active`, lease
+    /// and intent cleared) and clears a fork mark. Returns the new generation.
+    pub async fn reauthorize(&self, id: &str, keys: Value) -> Result<u64, PlatformError> {
+        let account = AccountId::new(id)?;
+        if !keys.is_object() {
+            return Err(PlatformError::Invalid("keys: must be a JSON object".into()));
+        }
+        let credentials = Credentials::from_keys(keys)
+            .map_err(|e| PlatformError::Invalid(format!("keys: {e}")))?;
+        if self.store.load(&account).await?.is_none() {
+            return Err(PlatformError::UnknownAccount(id.into()));
+        }
+        let stored = self.store.reauthorize(&account, &credentials).await?;
+        sqlx::query(
+            "UPDATE accounts SET fork_detected_at = NULL, fork_detail = NULL,
+                 rotated_by = 'reauthorize', rotated_at = clock_timestamp()
+             WHERE account_id = $1",
+        )
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        tracing::info!(account = %account, generation = stored.generation, "account re-authorized");
+        Ok(stored.generation)
+    }
+
     /// Creates or replaces a step; returns whether it was created.
     pub async fn put_step(
         &self,

@@ -68,6 +68,16 @@ enum Command {
         #[arg(long)]
         keys_file: String,
     },
+    /// Replaces an account's keys after the user authorized again (clears needs re-auth,
+    /// rotation lost and fork marks); keys from a file (`-`: standard input).
+    Reauthorize {
+        /// The account id.
+        #[arg(long)]
+        id: String,
+        /// The keys file.
+        #[arg(long)]
+        keys_file: String,
+    },
     /// Creates or replaces a step from a JSON definition read from a file (`-`: standard
     /// input): `{"function", "comp_id", "account_id", "config", "snapshot", "is_passthrough",
     /// "variables", "crypto": {"password", "iv"}}`, all optional.
@@ -184,6 +194,15 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             println!("account {id} created (generation {generation})");
+            Ok(())
+        }
+        Command::Reauthorize { id, keys_file } => {
+            let keys = read_json(&keys_file)?;
+            let generation = platform
+                .reauthorize(&id, keys)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("account {id} re-authorized (generation {generation})");
             Ok(())
         }
         Command::PutStep { flow, step, file } => {

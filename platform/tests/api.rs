@@ -279,6 +279,36 @@ async fn step_api_serves_latest_keys_and_fences_account_updates() {
     assert_eq!(acc["updates_unfenced"], 1);
     assert!(acc["rotated_by"].as_str().unwrap().contains(':'), "{acc}");
 
+    // The operator re-authorizes: new keys, next generation, the fork mark cleared.
+    let (status, body) = status_and_json(
+        server
+            .http
+            .post(server.url("/v1/accounts/acc-1/reauthorize"))
+            .basic_auth(&server.user, Some(&server.key))
+            .json(&json!({"keys": keys("rt-new")}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["generation"].as_u64()),
+        (200, Some(3)),
+        "{body}"
+    );
+    let (_, status) = status_and_json(
+        server
+            .http
+            .get(server.url("/status.json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status["accounts"][0]["state"], "active", "{status}");
+    let (_, step) = status_and_json(server.get(path).send().await.unwrap()).await;
+    assert_eq!(step["config"]["oauth"]["refresh_token"], "rt-new");
+
     // Bad requests: clear 4xx that never echo the body.
     let secret_body = "{\"keys\": {\"oauth\": {\"refresh_token\": \"SECRET-rt\"}} trailing";
     let (status, body) = status_and_json(
@@ -344,7 +374,15 @@ async fn step_api_serves_latest_keys_and_fences_account_updates() {
     // Nothing secret in the logs: no token, no API key.
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("acc-1"), "the logs name the account: {logs}");
-    for secret in ["rt0", "rt1", "rt2", "at-rt", "SECRET", server.key.as_str()] {
+    for secret in [
+        "rt0",
+        "rt1",
+        "rt2",
+        "rt-new",
+        "at-rt",
+        "SECRET",
+        server.key.as_str(),
+    ] {
         assert!(!logs.contains(secret), "`{secret}` in the logs:\n{logs}");
     }
     schema.cleanup().await;
