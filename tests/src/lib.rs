@@ -16,8 +16,8 @@ pub mod broker {
     use deckhand::runtime::config::{AmqpUri, RuntimeConfig};
     use deckhand::runtime::protocol::js_string;
     use lapin::options::{
-        BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-        QueueDeclareOptions, QueueDeleteOptions,
+        BasicGetOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+        QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
     };
     use lapin::types::{AMQPValue, FieldTable, LongString};
     use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -68,6 +68,14 @@ pub mod broker {
         pub async fn new() -> Self {
             let conn = admin_connection().await;
             let channel = conn.create_channel().await.expect("admin channel");
+            // Publisher confirms, so that a published message is in its queue when
+            // `publish` returns: without them a passive `queue.declare` right after (a
+            // `ready` count) overtakes the unconfirmed deliveries at the queue (RabbitMQ
+            // serves that query first) and counts too few.
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .expect("confirm.select on the admin channel");
             let id = uuid::Uuid::new_v4().simple().to_string();
             let exchange = format!("deckhand-test-{id}");
             channel
@@ -223,7 +231,8 @@ pub mod broker {
         }
 
         pub async fn publish(&self, routing_key: &str, body: &[u8], props: BasicProperties) {
-            self.channel
+            let confirmed = self
+                .channel
                 .basic_publish(
                     self.exchange.clone().into(),
                     routing_key.to_owned().into(),
@@ -234,7 +243,9 @@ pub mod broker {
                 .await
                 .expect("publish")
                 .await
-                .expect("publish confirm");
+                .expect("publish confirm")
+                .is_ack();
+            assert!(confirmed, "the broker nacked a test message");
         }
 
         pub async fn try_get(&self, queue: &str) -> Option<lapin::message::BasicGetMessage> {

@@ -681,12 +681,19 @@ struct EchoProcess {
 
 impl EchoProcess {
     fn spawn(h: &Harness, prefetch: &str) -> Self {
+        Self::spawn_with(h, prefetch, &[])
+    }
+
+    fn spawn_with(h: &Harness, prefetch: &str, extra: &[(&str, &str)]) -> Self {
         let step_file = h._dir.path().join("step.json");
-        let env = h.topo.env(&[
+        let step_path = step_file.to_string_lossy();
+        let mut vars = vec![
             ("ELASTICIO_FUNCTION", "passthrough"),
             ("ELASTICIO_RABBITMQ_PREFETCH_SAILOR", prefetch),
-            ("DECKHAND_STEP_FILE", &step_file.to_string_lossy()),
-        ]);
+            ("DECKHAND_STEP_FILE", &step_path),
+        ];
+        vars.extend_from_slice(extra);
+        let env = h.topo.env(&vars);
         let mut child = tokio::process::Command::new(echo_binary())
             .arg("run")
             .env_clear()
@@ -730,8 +737,9 @@ async fn sigterm_with_messages_in_flight_loses_none_and_exits_zero() {
     for i in 0..4 {
         h.send(&format!("t-{i}"), json!({"i": i}), &[]).await;
     }
-    // Wait until all four are delivered to the worker (none ready in the queue), then SIGTERM
-    // while they are still being processed (each takes 800 ms).
+    // Wait until all four are delivered to the worker (none ready in the queue; the publishes
+    // were confirmed, so the count is exact), then SIGTERM while they are still being
+    // processed (each takes 800 ms).
     let input = h.topo.name("in");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while h.topo.ready(&input).await > 0 {
@@ -755,6 +763,29 @@ async fn sigterm_with_messages_in_flight_loses_none_and_exits_zero() {
     );
     assert_eq!(h.topo.ready(&input).await, 0, "and acked");
     assert_eq!(h.topo.ready(&h.dead).await, 0);
+    h.topo.cleanup().await;
+}
+
+/// A SIGTERM that arrives while the worker is still starting (here: its broker accepts the TCP
+/// connection but never answers the AMQP handshake) stops it cleanly: exit 0, a log line that
+/// says why, nothing consumed. It used to find the default action (no handler yet) and kill the
+/// process with an empty log, which is how the test above once failed in CI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_start_up_exits_zero() {
+    let h = Harness::new("passthrough", step(json!({})), &[]).await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("amqp://guest:guest@{}/%2f", silent.local_addr().unwrap());
+    let worker = EchoProcess::spawn_with(&h, "1", &[("ELASTICIO_AMQP_URI", &uri)]);
+    // Start-up is under way once the worker opens its first connection.
+    let (held, _) = tokio::time::timeout(Duration::from_secs(20), silent.accept())
+        .await
+        .expect("the worker connects")
+        .unwrap();
+    let (code, log) = worker.terminate().await;
+    drop(held);
+    assert_eq!(code, Some(0), "killed by the signal; log:\n{log}");
+    assert!(log.contains("during start-up"), "{log}");
+    assert!(!log.contains(r#""level":"ERROR""#), "{log}");
     h.topo.cleanup().await;
 }
 

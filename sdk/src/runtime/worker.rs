@@ -19,6 +19,8 @@
 //! the sink failed earlier (within what is left of that timeout, at least 1 s), close the
 //! connections and exit 0. If the pending keys cannot be persisted, the worker logs an error
 //! naming the credential (`_account`) and the generation, never a token, and exits 1.
+//! [`run_worker`] listens for them from before start-up: a signal while the step is loaded,
+//! the broker connected or `init` run ends start-up, and the worker exits 0 without consuming.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -510,11 +512,24 @@ pub async fn run_worker<C: Connector>(connector: Arc<C>, component_json: &str) -
     match launch {
         LaunchConfig::ShutdownHook(cfg) => shutdown_hook(connector, &cfg).await,
         LaunchConfig::Worker(cfg) => {
+            // Listening before start-up, which can take long (step API retries, broker
+            // reconnects): a SIGTERM then (a scale-down, a redeploy) would otherwise find the
+            // default action and kill the process with nothing logged.
+            let mut stop = Box::pin(shutdown_signals());
             let cfg = Arc::new(*cfg);
             let root = root_span(&cfg);
             async move {
-                match Worker::start(connector, cfg, &descriptor).await {
-                    Ok(worker) => worker.run().await,
+                let started = tokio::select! {
+                    biased;
+                    () = &mut stop => {
+                        // Nothing consumed yet, so nothing to finish or lose.
+                        tracing::info!("shutting down during start-up; no message was consumed");
+                        return EXIT_OK;
+                    }
+                    started = Worker::start(connector, cfg, &descriptor) => started,
+                };
+                match started {
+                    Ok(worker) => worker.run_until(stop).await,
                     Err(e) => {
                         tracing::error!(error = %e, "the worker could not start");
                         EXIT_FAILURE
