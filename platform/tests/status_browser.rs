@@ -16,13 +16,16 @@ use deckhand_platform::api::{ApiOptions, serve};
 use deckhand_tests::postgres::TestSchema;
 
 fn chrome() -> String {
-    std::env::var("CHROME").ok().unwrap_or_else(|| {
-        ["chromium", "chromium-browser", "google-chrome"]
-            .iter()
-            .map(|n| format!("/usr/bin/{n}"))
-            .find(|p| std::path::Path::new(p).is_file())
-            .expect("the build script found a browser")
-    })
+    std::env::var("CHROME")
+        .ok()
+        .filter(|p| std::path::Path::new(p).is_file())
+        .unwrap_or_else(|| {
+            ["chromium", "chromium-browser", "google-chrome"]
+                .iter()
+                .map(|n| format!("/usr/bin/{n}"))
+                .find(|p| std::path::Path::new(p).is_file())
+                .expect("the build script found a browser")
+        })
 }
 
 /// Loads `url` in headless Chromium and returns the DOM it built.
