@@ -201,9 +201,21 @@ async fn persister_applies_the_workers_updates_from_rabbitmq_with_fencing() {
     )
     .await;
 
+    let mut bad_lineage = headers.clone();
+    bad_lineage.insert("parentFingerprint".into(), js_string("not-a-fingerprint"));
+    topo.publish(
+        &rk,
+        &cipher().encrypt(
+            json!({"keys": keys("rt9")}).to_string().as_bytes(),
+            Default::default(),
+        ),
+        BasicProperties::default().with_headers(bad_lineage),
+    )
+    .await;
+
     let dead = options.dead_letter_queue();
-    eventually("2 dead letters", Duration::from_secs(15), || async {
-        deckhand_tests::broker::ready(&topo.channel, &dead).await >= 2
+    eventually("3 dead letters", Duration::from_secs(15), || async {
+        deckhand_tests::broker::ready(&topo.channel, &dead).await >= 3
     })
     .await;
     eventually(
@@ -241,10 +253,14 @@ async fn persister_applies_the_workers_updates_from_rabbitmq_with_fencing() {
         );
     }
     reasons.sort();
-    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
     assert!(reasons[0].starts_with("body: "), "{reasons:?}");
     assert_eq!(
         reasons[1],
+        "header `parentFingerprint`: expected 32 hex digits"
+    );
+    assert_eq!(
+        reasons[2],
         format!("step `{flow}/step_1` is not bound to account `someone-else`")
     );
     assert_eq!(stored_refresh_token(&platform, "acc-amqp").await.1, "rt3");
