@@ -170,8 +170,8 @@ pub struct Metrics {
     pub forks: AtomicU64,
     /// Messages sent to the dead-letter queue.
     pub dead_lettered: AtomicU64,
-    /// Messages returned to the queue after a transient failure.
-    pub requeued: AtomicU64,
+    /// Attempts that failed on a database outage (the message is held and retried).
+    pub retried: AtomicU64,
 }
 
 impl Metrics {
@@ -200,7 +200,7 @@ impl Metrics {
             ("updates_stale", get(&self.stale)),
             ("forks_detected", get(&self.forks)),
             ("messages_dead_lettered", get(&self.dead_lettered)),
-            ("messages_requeued", get(&self.requeued)),
+            ("database_retries", get(&self.retried)),
         ]
     }
 }
@@ -278,6 +278,18 @@ pub fn keys_fingerprint(keys: &Value) -> Result<Option<String>, PlatformError> {
     let credentials = Credentials::from_keys(keys.clone())
         .map_err(|e| PlatformError::Invalid(format!("keys: {e}")))?;
     Ok(refresh_token_fingerprint(&credentials))
+}
+
+/// Flow and step ids: 1 to 200 printable characters (what the database can hold as text).
+fn check_step_ids(flow: &str, step: &str) -> Result<(), PlatformError> {
+    for (what, id) in [("flow id", flow), ("step id", step)] {
+        if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
+            return Err(PlatformError::Invalid(format!(
+                "{what}: use 1 to 200 printable characters"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn step_crypto_id(flow: &str, step: &str) -> Result<AccountId, PlatformError> {
@@ -380,13 +392,7 @@ impl Platform {
         step: &str,
         def: StepDefinition,
     ) -> Result<bool, PlatformError> {
-        for (what, id) in [("flow id", flow), ("step id", step)] {
-            if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
-                return Err(PlatformError::Invalid(format!(
-                    "{what}: use 1 to 200 printable characters"
-                )));
-            }
-        }
+        check_step_ids(flow, step)?;
         if let Some(account) = &def.account_id {
             let exists: bool =
                 sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE account_id = $1)")
@@ -483,6 +489,7 @@ impl Platform {
     /// The step as `GET /v1/tasks/{flow}/steps/{step}` returns it: config merged with the
     /// account's latest keys and `_account`.
     pub async fn step_for_worker(&self, flow: &str, step: &str) -> Result<Value, PlatformError> {
+        check_step_ids(flow, step)?;
         let row = sqlx::query(
             "SELECT function, comp_id, account_id, config, snapshot, is_passthrough, variables
              FROM steps WHERE flow_id = $1 AND step_id = $2",
@@ -529,6 +536,7 @@ impl Platform {
         flow: &str,
         step: &str,
     ) -> Result<(Option<String>, Option<MessageCipher>), PlatformError> {
+        check_step_ids(flow, step)?;
         let row = sqlx::query(
             "SELECT account_id, crypto_key_id, crypto_nonce, crypto_ciphertext
              FROM steps WHERE flow_id = $1 AND step_id = $2",

@@ -9,7 +9,7 @@
 //!   and `worker` headers.
 //! * A message is acked only after the database commit. A malformed one is published to the
 //!   dead-letter queue (with a confirm) with header `x-deckhand-dead-reason`, then acked. When
-//!   the database is unavailable the message is returned to the queue after a pause.
+//!   the database is unavailable the message is held (unacked) and retried with backoff.
 //! * Messages are handled one at a time in queue order, so one worker's updates are applied
 //!   in the order it published them.
 //! * The connection is re-established (with backoff) whenever it drops.
@@ -21,7 +21,7 @@ use deckhand::runtime::crypto::ProtocolVersion;
 use deckhand::runtime::protocol::{header, header_number, header_string};
 use futures_util::StreamExt as _;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -159,27 +159,30 @@ async fn session(platform: &Platform, options: &PersisterOptions) -> Result<(), 
     Ok(())
 }
 
-/// What to do with one message.
-enum Verdict {
-    Done,
-    Dead(String),
-    Retry(String),
-}
-
 async fn handle(
     platform: &Platform,
     options: &PersisterOptions,
     channel: &Channel,
     delivery: lapin::message::Delivery,
 ) -> Result<(), String> {
-    let verdict = match process(platform, &delivery).await {
-        Ok(()) => Verdict::Done,
-        Err(Failure::Malformed(reason)) => Verdict::Dead(reason),
-        Err(Failure::Transient(reason)) => Verdict::Retry(reason),
+    // A database outage is waited out holding the message (unacked), never by returning it:
+    // a returned message counts towards a quorum queue's delivery limit, past which the
+    // broker would drop it, and it would overtake the updates behind it.
+    let mut pause = Duration::from_millis(200);
+    let dead = loop {
+        match process(platform, &delivery).await {
+            Ok(()) => break None,
+            Err(Failure::Malformed(reason)) => break Some(reason),
+            Err(Failure::Transient(reason)) => {
+                tracing::warn!(reason = %reason, retry_in = ?pause, "updateKeys not applied yet; holding it and retrying");
+                platform.metrics().retried.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+        }
     };
-    match verdict {
-        Verdict::Done => {}
-        Verdict::Dead(reason) => {
+    if let Some(reason) = dead {
+        {
             tracing::warn!(reason = %reason, "updateKeys message dead-lettered");
             let mut headers = delivery.properties.headers().clone().unwrap_or_default();
             headers.insert(
@@ -210,19 +213,6 @@ async fn handle(
                 .metrics()
                 .dead_lettered
                 .fetch_add(1, Ordering::Relaxed);
-        }
-        Verdict::Retry(reason) => {
-            tracing::warn!(reason = %reason, "updateKeys not applied; returning it to the queue");
-            platform.metrics().requeued.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            return Ok(());
         }
     }
     delivery
@@ -259,6 +249,20 @@ async fn process(platform: &Platform, delivery: &lapin::message::Delivery) -> Re
     let account = required(header::ACCOUNT_ID)?;
     let flow = required(header::TASK_ID)?;
     let step = required(header::STEP_ID)?;
+    // What the database would refuse must be refused here: a database error is waited out,
+    // so a message that always causes one would hold up the queue.
+    for name in [
+        header::ACCOUNT_ID,
+        header::TASK_ID,
+        header::STEP_ID,
+        header::WORKER,
+    ] {
+        if text(name).is_some_and(|v| v.len() > 200 || v.chars().any(char::is_control)) {
+            return Err(Failure::Malformed(format!(
+                "header `{name}`: use at most 200 printable characters"
+            )));
+        }
+    }
     let (bound, cipher) = platform.step_binding(&flow, &step).await?;
     if bound.as_deref() != Some(account.as_str()) {
         return Err(Failure::Malformed(format!(

@@ -212,6 +212,18 @@ async fn step_api_serves_latest_keys_and_fences_account_updates() {
         (status, body["error"].as_str()),
         (404, Some("step `flow-1/none` does not exist"))
     );
+    let (status, body) = status_and_json(
+        server
+            .get("/v1/tasks/flow-1/steps/a%00b")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("step id: use 1 to 200 printable characters"))
+    );
 
     // The official runtime's PUT (no lineage): applied, then a duplicate, then a replay.
     let put = |rt: &str| server.put("/v1/accounts/acc-1", &json!({"keys": keys(rt)}));

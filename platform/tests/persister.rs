@@ -201,6 +201,17 @@ async fn persister_applies_the_workers_updates_from_rabbitmq_with_fencing() {
     )
     .await;
 
+    let mut nul = headers.clone();
+    nul.insert("worker".into(), js_string("w\u{0}1"));
+    topo.publish(
+        &rk,
+        &cipher().encrypt(
+            json!({"keys": keys("rt8")}).to_string().as_bytes(),
+            Default::default(),
+        ),
+        BasicProperties::default().with_headers(nul),
+    )
+    .await;
     let mut bad_lineage = headers.clone();
     bad_lineage.insert("parentFingerprint".into(), js_string("not-a-fingerprint"));
     topo.publish(
@@ -214,8 +225,8 @@ async fn persister_applies_the_workers_updates_from_rabbitmq_with_fencing() {
     .await;
 
     let dead = options.dead_letter_queue();
-    eventually("3 dead letters", Duration::from_secs(15), || async {
-        deckhand_tests::broker::ready(&topo.channel, &dead).await >= 3
+    eventually("4 dead letters", Duration::from_secs(15), || async {
+        deckhand_tests::broker::ready(&topo.channel, &dead).await >= 4
     })
     .await;
     eventually(
@@ -253,7 +264,7 @@ async fn persister_applies_the_workers_updates_from_rabbitmq_with_fencing() {
         );
     }
     reasons.sort();
-    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
     assert!(reasons[0].starts_with("body: "), "{reasons:?}");
     assert_eq!(
         reasons[1],
@@ -261,6 +272,10 @@ async fn persister_applies_the_workers_updates_from_rabbitmq_with_fencing() {
     );
     assert_eq!(
         reasons[2],
+        "header `worker`: use at most 200 printable characters"
+    );
+    assert_eq!(
+        reasons[3],
         format!("step `{flow}/step_1` is not bound to account `someone-else`")
     );
     assert_eq!(stored_refresh_token(&platform, "acc-amqp").await.1, "rt3");
@@ -401,6 +416,75 @@ async fn store_backed_workers_and_the_persister_share_one_lineage() {
     stop.send(()).unwrap();
     running.await.unwrap();
     transport.close().await;
+    delete_queues(&topo, &options).await;
+    topo.cleanup().await;
+    schema.cleanup().await;
+}
+
+/// While the database cannot apply an update, the persister holds the message and retries; it
+/// is applied once the database is back, never dropped or dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persister_holds_updates_through_a_database_outage() {
+    use std::sync::atomic::Ordering;
+
+    let schema = TestSchema::new().await;
+    let platform = platform(&schema).await;
+    let topo = Topology::new().await;
+    let flow = format!("flow-{}", topo.id);
+    platform
+        .create_account("acc-outage", keys("o0"))
+        .await
+        .unwrap();
+    step(&platform, &flow, "step_1", "acc-outage", json!({})).await;
+    let options = persister_options(&topo);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(persister::run(platform.clone(), options.clone(), async {
+        let _ = stopped.await;
+    }));
+    wait_for_queue(&topo, &options.queue).await;
+
+    // The accounts table out of reach: every attempt fails as a database error.
+    let pool = platform.store().pool();
+    sqlx::query("ALTER TABLE accounts RENAME TO accounts_away")
+        .execute(pool)
+        .await
+        .unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert("accountId".into(), js_string("acc-outage"));
+    headers.insert("taskId".into(), js_string(flow.clone()));
+    headers.insert("stepId".into(), js_string("step_1"));
+    headers.insert("parentFingerprint".into(), js_string(fingerprint("o0")));
+    topo.publish(
+        &topo.rk("step_1", "update_keys"),
+        &cipher().encrypt(
+            json!({"keys": keys("o1")}).to_string().as_bytes(),
+            Default::default(),
+        ),
+        BasicProperties::default().with_headers(headers),
+    )
+    .await;
+    eventually("two failed attempts", Duration::from_secs(15), || async {
+        platform.metrics().retried.load(Ordering::Relaxed) >= 2
+    })
+    .await;
+    sqlx::query("ALTER TABLE accounts_away RENAME TO accounts")
+        .execute(pool)
+        .await
+        .unwrap();
+    eventually(
+        "the held update applied",
+        Duration::from_secs(20),
+        || async { stored_refresh_token(&platform, "acc-outage").await.0 == 1 },
+    )
+    .await;
+    assert_eq!(stored_refresh_token(&platform, "acc-outage").await.1, "o1");
+    assert_eq!(
+        deckhand_tests::broker::ready(&topo.channel, &options.dead_letter_queue()).await,
+        0
+    );
+
+    stop.send(()).unwrap();
+    running.await.unwrap();
     delete_queues(&topo, &options).await;
     topo.cleanup().await;
     schema.cleanup().await;
