@@ -28,6 +28,40 @@
 //! | parent `== F`                            | applied, generation + 1                        |
 //! | parent is an earlier fingerprint         | fork: dropped, the account marked, alert       |
 //! | parent unknown / no lineage (Node's PUT) | applied last-write-wins, counted as unfenced   |
+//!
+//! # Example
+//! ```no_run
+//! use deckhand::store::KeyRing;
+//! use deckhand_platform::{KeysUpdateIn, Outcome, Platform};
+//! use serde_json::json;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let platform = Platform::connect(
+//!     "postgres://postgres@127.0.0.1:5432/test",
+//!     KeyRing::from_env()?,
+//!     "deckhand",
+//!     None,
+//! )
+//! .await?;
+//! platform
+//!     .create_account("sf-1", json!({"oauth": {"refresh_token": "rt-0"}}))
+//!     .await?;
+//! // What a worker that refreshed rt-0 sends: the new keys and the fingerprint of rt-0.
+//! let parent = deckhand_platform::keys_fingerprint(&json!({"oauth": {"refresh_token": "rt-0"}}))?;
+//! let update = KeysUpdateIn {
+//!     keys: json!({"oauth": {"refresh_token": "rt-1"}}),
+//!     parent_fingerprint: parent,
+//!     worker: "host:42:0badf00d".into(),
+//!     worker_generation: Some(1),
+//! };
+//! assert_eq!(
+//!     platform.apply_update("sf-1", &update).await?,
+//!     Outcome::Applied { generation: 1, fenced: true }
+//! );
+//! // The same message again (a redelivery) changes nothing.
+//! assert_eq!(platform.apply_update("sf-1", &update).await?, Outcome::Duplicate { generation: 1 });
+//! # Ok(()) }
+//! ```
 
 pub mod api;
 pub mod persister;
