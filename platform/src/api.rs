@@ -26,9 +26,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine as _;
-use deckhand::runtime::worker::{
-    LINEAGE_HTTP_GENERATION, LINEAGE_HTTP_PARENT, LINEAGE_HTTP_WORKER,
-};
+use deckhand_runtime::worker::{LINEAGE_HTTP_GENERATION, LINEAGE_HTTP_PARENT, LINEAGE_HTTP_WORKER};
 use serde_json::{Value, json};
 
 use crate::{KeysUpdateIn, Outcome, Platform, PlatformError, StepDefinition, status};
@@ -97,7 +95,7 @@ impl From<PlatformError> for ApiError {
             }
             PlatformError::Exists(_) => StatusCode::CONFLICT,
             PlatformError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            PlatformError::Store(deckhand::auth::store::StoreError::InvalidAccountId) => {
+            PlatformError::Store(deckhand_core::auth::store::StoreError::InvalidAccountId) => {
                 StatusCode::BAD_REQUEST
             }
             PlatformError::Database(_) | PlatformError::Store(_) => {

@@ -2,7 +2,7 @@
 //! persists every `updateKeys` with **fencing**, serves workers their step (config merged with
 //! the account's latest keys), and shows operators what state each account is in.
 //!
-//! It works on the credential store's PostgreSQL schema ([`deckhand::store`]): the same
+//! It works on the credential store's PostgreSQL schema ([`deckhand_store`]): the same
 //! `accounts` rows, the same AES-256-GCM key ring (`DECKHAND_STORE_KEYS`), the same lineage
 //! (generation plus refresh-token fingerprints). Store-backed workers and this service can
 //! share one database.
@@ -14,7 +14,7 @@
 //!   runtimes call them (HTTP Basic), plus creating accounts and steps, the status page
 //!   (`/status`, `/status.json`) and `/metrics`.
 //!
-//! Not for: running connectors (that is the worker, [`deckhand::runtime`]), or refreshing
+//! Not for: running connectors (that is the worker, [`deckhand_runtime`]), or refreshing
 //! tokens (workers do; the platform never calls a token endpoint).
 //!
 //! # Fencing
@@ -31,7 +31,7 @@
 //!
 //! # Example
 //! ```no_run
-//! use deckhand::store::KeyRing;
+//! use deckhand_store::KeyRing;
 //! use deckhand_platform::{KeysUpdateIn, Outcome, Platform};
 //! use serde_json::json;
 //!
@@ -70,13 +70,11 @@ pub mod status;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use deckhand::auth::store::StoreError;
-use deckhand::auth::{AccountId, CredentialStore};
-use deckhand::credentials::Credentials;
-use deckhand::runtime::crypto::MessageCipher;
-use deckhand::store::{
-    KeyRing, PgCredentialStore, Sealed, StoreOptions, refresh_token_fingerprint,
-};
+use deckhand_core::auth::store::StoreError;
+use deckhand_core::auth::{AccountId, CredentialStore};
+use deckhand_core::credentials::Credentials;
+use deckhand_runtime::crypto::MessageCipher;
+use deckhand_store::{KeyRing, PgCredentialStore, Sealed, StoreOptions, refresh_token_fingerprint};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Row};
@@ -746,7 +744,7 @@ impl Platform {
                 .bind(i64::from(!fenced))
                 .execute(&mut *tx)
                 .await?;
-                // Store-backed workers wait on this channel (see `deckhand::store`).
+                // Store-backed workers wait on this channel (see `deckhand_store`).
                 sqlx::query("SELECT pg_notify('deckhand_keys_' || current_schema(), $1)")
                     .bind(account)
                     .execute(&mut *tx)

@@ -4,11 +4,11 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use deckhand::runtime::crypto::MessageCipher;
-use deckhand::store::KeyRing;
 use deckhand_platform::api::{ApiOptions, serve};
 use deckhand_platform::persister::{self, PersisterOptions};
 use deckhand_platform::{Platform, StepDefinition};
+use deckhand_runtime::crypto::MessageCipher;
+use deckhand_store::KeyRing;
 
 #[derive(Parser)]
 #[command(

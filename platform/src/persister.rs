@@ -17,8 +17,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use deckhand::runtime::crypto::ProtocolVersion;
-use deckhand::runtime::protocol::{header, header_number, header_string};
+use deckhand_runtime::crypto::ProtocolVersion;
+use deckhand_runtime::protocol::{header, header_number, header_string};
 use futures_util::StreamExt as _;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -58,7 +58,7 @@ impl PersisterOptions {
 }
 
 fn redact(uri: &str) -> String {
-    deckhand::runtime::config::AmqpUri::parse(uri)
+    deckhand_runtime::config::AmqpUri::parse(uri)
         .map(|u| u.redacted())
         .unwrap_or_else(|_| "[unparseable AMQP URI]".into())
 }
@@ -231,7 +231,7 @@ impl From<PlatformError> for Failure {
     fn from(e: PlatformError) -> Self {
         match e {
             PlatformError::Database(_)
-            | PlatformError::Store(deckhand::auth::store::StoreError::Unavailable(_)) => {
+            | PlatformError::Store(deckhand_core::auth::store::StoreError::Unavailable(_)) => {
                 Self::Transient(e.to_string())
             }
             other => Self::Malformed(other.to_string()),

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use deckhand::auth::{KeysSink, KeysUpdate, RefreshReason};
-use deckhand::runtime::config::{ApiRetry, StepSource};
-use deckhand::runtime::worker::ApiKeysSink;
+use deckhand_core::auth::{KeysSink, KeysUpdate, RefreshReason};
 use deckhand_platform::api::{ApiOptions, serve};
+use deckhand_runtime::config::{ApiRetry, StepSource};
+use deckhand_runtime::worker::ApiKeysSink;
 use deckhand_tests::postgres::TestSchema;
 use serde_json::{Value, json};
 
@@ -244,7 +244,7 @@ async fn step_api_serves_latest_keys_and_fences_account_updates() {
     let source = StepSource::Api {
         uri: url::Url::parse(&server.base).unwrap(),
         username: server.user.clone(),
-        key: deckhand::credentials::Secret::new(server.key.clone()),
+        key: deckhand_core::credentials::Secret::new(server.key.clone()),
     };
     let retry = ApiRetry {
         attempts: 0,

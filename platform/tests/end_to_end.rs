@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use deckhand::runtime::amqp::TransportOptions;
-use deckhand::runtime::config::RuntimeConfig;
-use deckhand::runtime::crypto::ProtocolVersion;
-use deckhand::runtime::protocol::js_string;
-use deckhand::runtime::worker::Worker;
 use deckhand_emulator::{Emulator, EmulatorConfig, RefreshRotation};
+use deckhand_runtime::amqp::TransportOptions;
+use deckhand_runtime::config::RuntimeConfig;
+use deckhand_runtime::crypto::ProtocolVersion;
+use deckhand_runtime::protocol::js_string;
+use deckhand_runtime::worker::Worker;
 use deckhand_tests::broker::{Topology, amqp_uri};
 use deckhand_tests::postgres::TestSchema;
 use lapin::BasicProperties;
@@ -167,7 +167,7 @@ async fn msgraph_worker_and_persister_killed_mid_stream_lose_no_rotation() {
     .await;
 }
 
-async fn run<C: deckhand::connector::Connector>(emulator: &Emulator, scenario: Scenario<C>) {
+async fn run<C: deckhand_connector::Connector>(emulator: &Emulator, scenario: Scenario<C>) {
     let Scenario {
         account,
         function,

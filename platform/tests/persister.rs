@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use deckhand::auth::{KeysSink, KeysUpdate, RefreshReason};
-use deckhand::runtime::amqp::{Transport, TransportOptions};
-use deckhand::runtime::protocol::{StepFlags, js_string};
-use deckhand::runtime::worker::AmqpKeysSink;
+use deckhand_core::auth::{KeysSink, KeysUpdate, RefreshReason};
 use deckhand_platform::persister::{self, DEAD_REASON_HEADER};
 use deckhand_platform::{KeysUpdateIn, Outcome};
+use deckhand_runtime::amqp::{Transport, TransportOptions};
+use deckhand_runtime::protocol::{StepFlags, js_string};
+use deckhand_runtime::worker::AmqpKeysSink;
 use deckhand_tests::broker::Topology;
 use deckhand_tests::postgres::TestSchema;
 use lapin::BasicProperties;
@@ -259,9 +259,8 @@ async fn persister_applies_the_workers_updates_from_rabbitmq_with_fencing() {
             .headers()
             .clone()
             .unwrap_or_default();
-        reasons.push(
-            deckhand::runtime::protocol::header_string(&headers, DEAD_REASON_HEADER).unwrap(),
-        );
+        reasons
+            .push(deckhand_runtime::protocol::header_string(&headers, DEAD_REASON_HEADER).unwrap());
     }
     reasons.sort();
     assert_eq!(reasons.len(), 4, "{reasons:?}");
@@ -293,9 +292,9 @@ async fn persister_applies_the_workers_updates_from_rabbitmq_with_fencing() {
 /// duplicate), and a rotation the platform applied first supersedes the store holder's commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_backed_workers_and_the_persister_share_one_lineage() {
-    use deckhand::auth::store::{Acquire, Commit};
-    use deckhand::auth::{AccountId, CredentialStore, HolderId};
-    use deckhand::store::OutboxEntry;
+    use deckhand_core::auth::store::{Acquire, Commit};
+    use deckhand_core::auth::{AccountId, CredentialStore, HolderId};
+    use deckhand_store::OutboxEntry;
 
     let schema = TestSchema::new().await;
     let platform = platform(&schema).await;
@@ -348,7 +347,7 @@ async fn store_backed_workers_and_the_persister_share_one_lineage() {
     let publish = move |entry: OutboxEntry| {
         let sink = relay_sink.clone();
         Box::pin(async move {
-            let lineage = deckhand::runtime::worker::Lineage {
+            let lineage = deckhand_runtime::worker::Lineage {
                 parent_fingerprint: entry.parent_fingerprint.clone(),
                 refresh_fingerprint: entry.refresh_fingerprint.clone(),
                 worker: entry.holder.clone(),

@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use deckhand::auth::{AccountId, CredentialStore};
-use deckhand::credentials::Credentials;
-use deckhand::runtime::crypto::MessageCipher;
+use deckhand_core::auth::{AccountId, CredentialStore};
+use deckhand_core::credentials::Credentials;
 use deckhand_platform::persister::PersisterOptions;
 use deckhand_platform::{CryptoSettings, Platform, StepDefinition};
+use deckhand_runtime::crypto::MessageCipher;
 use deckhand_tests::broker::{Topology, amqp_uri};
 use deckhand_tests::postgres::TestSchema;
 use serde_json::{Value, json};
@@ -30,7 +30,7 @@ pub fn credentials(rt: &str) -> Credentials {
 }
 
 pub fn fingerprint(rt: &str) -> String {
-    deckhand::store::refresh_token_fingerprint(&credentials(rt)).unwrap()
+    deckhand_store::refresh_token_fingerprint(&credentials(rt)).unwrap()
 }
 
 pub async fn platform(schema: &TestSchema) -> Platform {

@@ -1,0 +1,420 @@
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures_util::FutureExt;
+use reqwest_middleware::ClientWithMiddleware;
+use serde_json::{Map, Value};
+use tracing::Instrument;
+
+use super::context::{ContextParts, KeysUpdater};
+use super::{
+    AuthSetup, Connector, ConnectorError, Context, EmitError, Emitter, ErrorPayload, Event, Input,
+    Message, Verification, VerifyContext,
+};
+use deckhand_core::auth::{
+    AccountId, CredentialStore, HolderId, KeysSink, KeysUpdate, RefreshReason, TokenManager,
+    api_http_client,
+};
+use deckhand_core::credentials::Credentials;
+
+/// What a step runs with: its configuration fields, its credential and its snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct StepConfig {
+    /// Field values of the step (without the credential's keys).
+    pub fields: Map<String, Value>,
+    /// The step's credential, if the component has one.
+    pub credentials: Option<Credentials>,
+    /// The step's snapshot.
+    pub snapshot: Value,
+}
+
+impl StepConfig {
+    /// Splits an elastic.io step `config` (field values merged with credential keys) into fields
+    /// and credentials, using the names the component declares under `credentials.fields`.
+    pub fn from_merged_config(
+        config: Map<String, Value>,
+        credential_fields: &[String],
+        snapshot: Value,
+    ) -> Result<Self, deckhand_core::credentials::CredentialsError> {
+        let (keys, fields): (Map<String, Value>, Map<String, Value>) = config
+            .into_iter()
+            .partition(|(k, _)| credential_fields.iter().any(|f| f == k));
+        let credentials = if credential_fields.is_empty() {
+            None
+        } else {
+            Some(Credentials::from_keys(Value::Object(keys))?)
+        };
+        Ok(Self {
+            fields,
+            credentials,
+            snapshot,
+        })
+    }
+}
+
+/// A step credential kept in a [`CredentialStore`] shared with other workers: the session's
+/// token manager refreshes only through the store (see [`deckhand_core::auth::store`]).
+#[derive(Clone)]
+pub struct SharedCredential {
+    /// The store.
+    pub store: Arc<dyn CredentialStore>,
+    /// The account the credential is stored as.
+    pub account: AccountId,
+    /// The stored generation of the step's credentials.
+    pub generation: u64,
+}
+
+/// How processing one message ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Error events emitted (the input is rejected when there is any).
+    pub errors: usize,
+    /// Rebound events emitted.
+    pub rebounds: usize,
+}
+
+/// One step of one connector, living as long as the worker: its credential (and token
+/// manager, shared by every message), its snapshot, and the HTTP client.
+///
+/// Transports (AMQP, local, `exec`) create one session and call [`process`](Self::process) for
+/// every message, each with the emitter of that message.
+pub struct Session<C: Connector> {
+    connector: Arc<C>,
+    fields: Map<String, Value>,
+    state: Arc<SessionKeys>,
+    http: ClientWithMiddleware,
+    snapshot: Arc<Mutex<Value>>,
+}
+
+/// The credential as the session knows it: behind a token manager, or static keys.
+struct SessionKeys {
+    manager: Option<TokenManager>,
+    static_credentials: Mutex<Option<Credentials>>,
+    sink: Arc<dyn KeysSink>,
+    generation: tokio::sync::Mutex<u64>,
+}
+
+impl SessionKeys {
+    fn credentials(&self) -> Option<Credentials> {
+        match &self.manager {
+            Some(m) => Some(m.credentials()),
+            None => self
+                .static_credentials
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl KeysUpdater for SessionKeys {
+    async fn update_keys(&self, keys: Value) -> Result<(), EmitError> {
+        let failed = |reason: String| EmitError {
+            event: "updateKeys",
+            reason,
+        };
+        let token_field = self
+            .credentials()
+            .and_then(|c| c.token_field().map(str::to_owned));
+        let credentials = match &token_field {
+            Some(field) => Credentials::with_token_field(keys, field),
+            None => Credentials::from_keys(keys),
+        }
+        .map_err(|e| failed(e.to_string()))?;
+        match &self.manager {
+            // Through the refresh gate: merged over the newest keys, next generation,
+            // persisted before use, a spent refresh token refused.
+            Some(m) => m
+                .apply_keys(credentials)
+                .await
+                .map(drop)
+                .map_err(|e| failed(e.to_string())),
+            None => {
+                // One update at a time, so two updates never share a generation.
+                let mut generation = self.generation.lock().await;
+                let current = self.credentials();
+                let merged = match &current {
+                    Some(current) => current.overlaid_with(&credentials),
+                    None => credentials,
+                };
+                let update = KeysUpdate {
+                    credentials: merged.clone(),
+                    generation: *generation + 1,
+                    reason: RefreshReason::Component,
+                };
+                // Persisted before anything uses the new keys.
+                self.sink
+                    .persist(&update)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                *self
+                    .static_credentials
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(merged);
+                *generation = update.generation;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<C: Connector> Session<C> {
+    /// A session for `connector` with `step`; every key rotation goes to `sink` before use.
+    pub fn new(
+        connector: Arc<C>,
+        step: StepConfig,
+        sink: Arc<dyn KeysSink>,
+    ) -> Result<Self, ConnectorError> {
+        Self::with_shared_credential(connector, step, sink, None)
+    }
+
+    /// As [`new`](Self::new); with `shared`, the credential's refreshes go through the store
+    /// (whose outbox publishes the `updateKeys`) instead of `sink`.
+    pub fn with_shared_credential(
+        connector: Arc<C>,
+        step: StepConfig,
+        sink: Arc<dyn KeysSink>,
+        shared: Option<SharedCredential>,
+    ) -> Result<Self, ConnectorError> {
+        let setup = match &step.credentials {
+            Some(credentials) => connector.auth(credentials)?,
+            None => None,
+        };
+        let base = api_http_client()?;
+        let (manager, http) = match (setup, step.credentials.clone()) {
+            (Some(setup), Some(credentials)) => {
+                let AuthSetup {
+                    endpoint,
+                    strategy,
+                    api_origins,
+                    origin_token_field,
+                } = setup;
+                let mut builder =
+                    TokenManager::builder(credentials, endpoint, sink.clone()).strategy(strategy);
+                if let Some(shared) = shared {
+                    builder = builder.generation(shared.generation).store(
+                        shared.store,
+                        shared.account,
+                        HolderId::for_this_process(),
+                    );
+                }
+                let manager = builder.build();
+                let mut auth = deckhand_core::auth::BearerAuth::new(manager.clone());
+                for origin in &api_origins {
+                    auth = auth.allow_origin(origin)?;
+                }
+                if let Some(field) = origin_token_field {
+                    auth = auth.allow_origin_from_token_field(field);
+                }
+                let http = reqwest_middleware::ClientBuilder::new(base)
+                    .with(auth)
+                    .build();
+                (Some(manager), http)
+            }
+            _ => (None, reqwest_middleware::ClientBuilder::new(base).build()),
+        };
+        Ok(Self {
+            connector,
+            fields: step.fields,
+            state: Arc::new(SessionKeys {
+                static_credentials: Mutex::new(if manager.is_some() {
+                    None
+                } else {
+                    step.credentials
+                }),
+                manager,
+                sink,
+                generation: tokio::sync::Mutex::new(0),
+            }),
+            http,
+            snapshot: Arc::new(Mutex::new(step.snapshot)),
+        })
+    }
+
+    /// The connector.
+    pub fn connector(&self) -> &C {
+        &self.connector
+    }
+
+    /// The token manager of the step's credential, if it has OAuth2 tokens.
+    pub fn token_manager(&self) -> Option<&TokenManager> {
+        self.state.manager.as_ref()
+    }
+
+    /// Persists rotated keys still pending because the sink failed (call before exiting).
+    /// Returns the generation persisted, or `None` when nothing was pending.
+    pub async fn flush_keys(&self) -> Result<Option<u64>, deckhand_core::auth::AuthError> {
+        match &self.state.manager {
+            Some(manager) => manager.flush().await,
+            None => Ok(None),
+        }
+    }
+
+    /// Persists pending rotated keys before the process exits, within `budget`. Returns
+    /// `false`, after an error log naming `credential` and the generation (never a token),
+    /// when they could not be persisted: they are lost with the process, and the caller should
+    /// exit with a failure status.
+    pub async fn flush_keys_before_exit(
+        &self,
+        credential: &str,
+        budget: std::time::Duration,
+    ) -> bool {
+        let Some(generation) = self.token_manager().and_then(|m| m.pending_generation()) else {
+            return true;
+        };
+        let reason = match tokio::time::timeout(budget, self.flush_keys()).await {
+            Ok(Ok(_)) => {
+                tracing::info!(
+                    credential,
+                    generation,
+                    "pending rotated keys persisted before exit"
+                );
+                return true;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("not persisted within {budget:?}"),
+        };
+        tracing::error!(
+            credential,
+            generation,
+            error = %reason,
+            "rotated keys could not be persisted before exit; they are lost with this process \
+             and the credential may need re-authorization"
+        );
+        false
+    }
+
+    /// The current credential (after every rotation so far).
+    pub fn credentials(&self) -> Option<Credentials> {
+        self.state.credentials()
+    }
+
+    /// The configuration a function sees: the step's fields merged with the current keys of its
+    /// credential, as elastic.io merges them.
+    pub fn config(&self) -> Value {
+        let mut config = self.fields.clone();
+        if let Some(Value::Object(keys)) = self.credentials().map(|c| c.to_keys()) {
+            config.extend(keys);
+        }
+        Value::Object(config)
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Value {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Verifies the step's credential.
+    pub async fn verify(&self) -> Result<Verification, ConnectorError> {
+        let credentials = self.credentials().unwrap_or_else(Credentials::empty);
+        let ctx = VerifyContext {
+            http: self.http.clone(),
+            token_manager: self.state.manager.clone(),
+        };
+        self.connector.verify_credentials(&credentials, &ctx).await
+    }
+
+    /// Runs `function` on `message`, sending its events to `emitter`, then `end`.
+    ///
+    /// A function that returns `Err`, panics, or is not one of the connector's functions
+    /// produces an `error` event; the worker keeps going.
+    pub async fn process(
+        &self,
+        function: &str,
+        message: Message,
+        emitter: Arc<dyn Emitter>,
+    ) -> Outcome {
+        let span = tracing::info_span!(
+            "message",
+            function,
+            message_id = message.id.as_deref().unwrap_or(""),
+        );
+        let ctx = Context::new(ContextParts {
+            function: function.to_owned(),
+            message_id: message.id.clone(),
+            emitter,
+            span: span.clone(),
+            http: self.http.clone(),
+            token_manager: self.state.manager.clone(),
+            snapshot: self.snapshot.clone(),
+            keys: self.state.clone(),
+        });
+        let known = self
+            .connector
+            .functions()
+            .iter()
+            .any(|f| f.name == function);
+        let result = if known {
+            let input = Input {
+                message,
+                config: self.config(),
+                snapshot: self.snapshot(),
+            };
+            let run = self.connector.process(function, input, &ctx);
+            match AssertUnwindSafe(run.instrument(span.clone()))
+                .catch_unwind()
+                .await
+            {
+                Ok(result) => result,
+                Err(panic) => Err(ConnectorError::named(
+                    "Panic",
+                    format!("the function panicked: {}", panic_message(&panic)),
+                )),
+            }
+        } else {
+            Err(ConnectorError::named(
+                "UnknownFunction",
+                format!("this component has no trigger or action named `{function}`"),
+            ))
+        };
+        if let Err(err) = result {
+            span.in_scope(|| tracing::warn!(error = %err, "function failed"));
+            if let Err(emit) = ctx.emit_error(ErrorPayload::from(&err)).await {
+                span.in_scope(|| tracing::error!(error = %emit, "could not emit the error event"));
+            }
+        }
+        if let Err(emit) = ctx.emit_end().await {
+            span.in_scope(|| tracing::error!(error = %emit, "could not emit the end event"));
+        }
+        Outcome {
+            errors: ctx.error_count(),
+            rebounds: ctx.rebound_count(),
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
+    }
+}
+
+impl<C: Connector> std::fmt::Debug for Session<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("fields", &self.fields.keys().collect::<Vec<_>>())
+            .field("credentials", &self.credentials())
+            .finish()
+    }
+}
+
+/// Sends events of one message nowhere but a log line; for messages whose transport is gone.
+#[derive(Debug, Default)]
+pub struct DiscardEmitter;
+
+#[async_trait]
+impl Emitter for DiscardEmitter {
+    async fn emit(&self, event: Event) -> Result<(), EmitError> {
+        tracing::debug!(event = event.name(), "event discarded");
+        Ok(())
+    }
+}
