@@ -23,7 +23,9 @@
 //!
 //! | update                                   | outcome                                        |
 //! |------------------------------------------|------------------------------------------------|
-//! | same keys, or `f == F`                   | duplicate: no-op                               |
+//! | the same keys                            | duplicate: no-op                               |
+//! | `f == F`, other keys (no rotation)       | applied (a new access token), unless the       |
+//! |                                          | update names another parent: then stale        |
 //! | `f` already held or replaced earlier     | stale: dropped, counted                        |
 //! | parent `== F`                            | applied, generation + 1                        |
 //! | parent is an earlier fingerprint         | fork: dropped, the account marked, alert       |
@@ -619,7 +621,8 @@ impl Platform {
         let incoming = keys_fingerprint(&update.keys)?;
         let mut tx = self.pool().begin().await?;
         let row = sqlx::query(
-            "SELECT generation, key_id, nonce, keys_ciphertext, refresh_fingerprint
+            "SELECT generation, key_id, nonce, keys_ciphertext, refresh_fingerprint,
+                    parent_fingerprint
              FROM accounts WHERE account_id = $1 FOR UPDATE",
         )
         .bind(account)
@@ -638,53 +641,47 @@ impl Platform {
                 PlatformError::Invalid(format!("account `{account}`: stored keys are not JSON"))
             })?;
 
-        let decision =
-            if stored_keys == update.keys || (incoming.is_some() && incoming == stored_fp) {
-                Decision::Duplicate
-            } else if incoming.is_some()
-                && sqlx::query_scalar::<_, bool>(
-                    "SELECT EXISTS (SELECT 1 FROM account_lineage WHERE account_id = $1
-                     AND (refresh_fingerprint = $2 OR parent_fingerprint = $2))",
-                )
-                .bind(account)
-                .bind(&incoming)
-                .fetch_one(&mut *tx)
-                .await?
-            {
-                Decision::Stale
-            } else {
-                match &update.parent_fingerprint {
-                    Some(parent) if Some(parent) == stored_fp.as_ref() => Decision::Apply {
-                        fenced: true,
-                        parent: stored_fp.clone(),
-                    },
-                    Some(parent) => {
-                        let sibling: Option<(String, Option<String>)> = sqlx::query_as(
-                            "SELECT refresh_fingerprint, rotated_by FROM account_lineage
-                         WHERE account_id = $1
-                           AND (parent_fingerprint = $2 OR refresh_fingerprint = $2)
-                         ORDER BY recorded_at LIMIT 1",
-                        )
-                        .bind(account)
-                        .bind(parent)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        match sibling {
-                            Some(_) => Decision::Fork,
-                            // The parent was never seen: the update overtook its ancestor (or
-                            // the ancestor was never announced). The newest news wins.
-                            None => Decision::Apply {
-                                fenced: false,
-                                parent: Some(parent.clone()),
-                            },
-                        }
-                    }
-                    None => Decision::Apply {
-                        fenced: false,
-                        parent: stored_fp.clone(),
-                    },
+        let decision = if stored_keys == update.keys {
+            Decision::Duplicate
+        } else if incoming.is_some() && incoming == stored_fp {
+            // The stored refresh token with other keys: a provider that does not rotate
+            // refresh tokens issued a new access token — unless the update names another
+            // parent, i.e. it is the (older) message that brought this refresh token.
+            match &update.parent_fingerprint {
+                Some(parent) if Some(parent) != stored_fp.as_ref() => Decision::Stale,
+                parent => Decision::Apply {
+                    fenced: parent.is_some(),
+                    parent: row.try_get("parent_fingerprint")?,
+                },
+            }
+        } else if incoming.is_some() && self.in_lineage(&mut tx, account, &incoming).await? {
+            Decision::Stale
+        } else {
+            match &update.parent_fingerprint {
+                Some(parent) if Some(parent) == stored_fp.as_ref() => Decision::Apply {
+                    fenced: true,
+                    parent: stored_fp.clone(),
+                },
+                // The parent is an earlier refresh token: it already has a successor.
+                Some(parent)
+                    if self
+                        .in_lineage(&mut tx, account, &Some(parent.clone()))
+                        .await? =>
+                {
+                    Decision::Fork
                 }
-            };
+                // The parent was never seen: the update overtook its ancestor (or the
+                // ancestor was never announced). The newest news wins.
+                Some(parent) => Decision::Apply {
+                    fenced: false,
+                    parent: Some(parent.clone()),
+                },
+                None => Decision::Apply {
+                    fenced: false,
+                    parent: stored_fp.clone(),
+                },
+            }
+        };
 
         let outcome = match decision {
             Decision::Duplicate => {
@@ -763,6 +760,23 @@ impl Platform {
         tx.commit().await?;
         self.metrics.count(&outcome);
         Ok(outcome)
+    }
+
+    /// Whether `fingerprint` is one the account held or replaced before.
+    async fn in_lineage(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        account: &str,
+        fingerprint: &Option<String>,
+    ) -> Result<bool, PlatformError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM account_lineage WHERE account_id = $1
+                 AND (refresh_fingerprint = $2 OR parent_fingerprint = $2))",
+        )
+        .bind(account)
+        .bind(fingerprint)
+        .fetch_one(tx)
+        .await?)
     }
 
     /// Every account with its state and counters (no secrets), for the status page.

@@ -68,7 +68,7 @@ async fn start_service(schema: &TestSchema, topo: &Topology, port: u16, queue: &
         .expect("deckhand-platform starts");
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    eventually("the platform's API", Duration::from_secs(20), || async {
+    eventually("the platform's API", Duration::from_secs(30), || async {
         http.get(format!("{base}/healthz"))
             .send()
             .await
@@ -277,43 +277,50 @@ async fn run<C: deckhand_connector::Connector>(emulator: &Emulator, scenario: Sc
     };
     let generation = async || stored_refresh_token(&platform, account).await.0;
 
+    // A loaded machine may stretch a batch over a token lifetime (two rotations in it), so
+    // the checks compare with the emulator's count of refreshes, not with fixed numbers.
+    let rotations = || emulator.counters().refresh_token_requests;
+    let all_persisted = |after: u64| {
+        let generation = &generation;
+        async move {
+            let g = generation().await;
+            g > after && g == rotations()
+        }
+    };
+    let wait = Duration::from_secs(30);
+
     // Lifetime 1: the first token.
     let (worker, _stop_1) = start_worker().await;
     let n = send_batch(&topo).await;
     wait_data(&topo, n).await;
-    eventually("rotation 1 persisted", Duration::from_secs(15), || async {
-        generation().await == 1
-    })
-    .await;
+    eventually("rotation 1 persisted", wait, || all_persisted(0)).await;
 
     // Lifetime 2: the persister is SIGKILLed while the worker rotates; the update waits in
     // the queue and the restarted service applies it.
     tokio::time::sleep(LIFETIME + Duration::from_millis(300)).await;
+    let before = generation().await;
     service.child.start_kill().unwrap();
     service.child.wait().await.unwrap();
     let n = send_batch(&topo).await;
     wait_data(&topo, n).await;
+    assert!(rotations() > before, "the worker rotated meanwhile");
     assert_eq!(
         generation().await,
-        1,
+        before,
         "nothing applied while the persister is down"
     );
     let mut service = start_service(&schema, &topo, port, &queue).await;
-    eventually(
-        "rotation 2 persisted after the restart",
-        Duration::from_secs(15),
-        || async { generation().await == 2 },
-    )
+    eventually("the rotation persisted after the restart", wait, || {
+        all_persisted(before)
+    })
     .await;
 
     // Lifetime 3: once its rotation is persisted, the worker is killed mid-stream (no
     // shutdown; its connections are cut) and a new one starts from the platform's keys.
     tokio::time::sleep(LIFETIME + Duration::from_millis(300)).await;
+    let before = generation().await;
     let n = send_batch(&topo).await;
-    eventually("rotation 3 persisted", Duration::from_secs(15), || async {
-        generation().await == 3
-    })
-    .await;
+    eventually("rotation 3 persisted", wait, || all_persisted(before)).await;
     // Aborted, not stopped: no shutdown runs; dropping it cuts its connections, and the
     // broker redelivers what it had not acked.
     worker.abort();
@@ -323,21 +330,23 @@ async fn run<C: deckhand_connector::Connector>(emulator: &Emulator, scenario: Sc
 
     // Lifetime 4, with the restarted worker.
     tokio::time::sleep(LIFETIME + Duration::from_millis(300)).await;
+    let before = generation().await;
     let n = send_batch(&topo).await;
     wait_data(&topo, n).await;
-    eventually("rotation 4 persisted", Duration::from_secs(15), || async {
-        generation().await == 4
-    })
-    .await;
+    eventually("rotation 4 persisted", wait, || all_persisted(before)).await;
     stop_2.send(()).unwrap();
     assert_eq!(worker.await.unwrap(), 0);
 
     let counters = emulator.counters();
     assert_eq!(counters.invalid_grant, 0, "{counters:?}");
     assert_eq!(counters.family_revocations, 0, "{counters:?}");
-    assert_eq!(counters.refresh_token_requests, 4, "{counters:?}");
+    let rotated = counters.refresh_token_requests;
+    assert!(
+        rotated >= 4,
+        "one refresh per lifetime at least: {counters:?}"
+    );
     let (generation, refresh_token) = stored_refresh_token(&platform, account).await;
-    assert_eq!(generation, 4);
+    assert_eq!(generation, rotated);
     assert!(
         emulator.is_refresh_token_live(&refresh_token),
         "the account holds the emulator's live refresh token"
@@ -358,7 +367,7 @@ async fn run<C: deckhand_connector::Connector>(emulator: &Emulator, scenario: Sc
             acc["updates_applied"].as_u64(),
             acc["updates_unfenced"].as_u64()
         ),
-        (Some(4), Some(0)),
+        (Some(rotated), Some(0)),
         "{status}"
     );
     assert_eq!(acc["forks"], 0);
@@ -369,7 +378,11 @@ async fn run<C: deckhand_connector::Connector>(emulator: &Emulator, scenario: Sc
     while let Some(got) = topo.try_get(&tap).await {
         published.push((got.delivery.properties.clone(), got.delivery.data.clone()));
     }
-    assert_eq!(published.len(), 4, "one updateKeys per rotation");
+    assert_eq!(
+        published.len() as u64,
+        rotated,
+        "one updateKeys per rotation"
+    );
     let rk = topo.rk("step_1", "update_keys");
     for (properties, body) in published.iter().rev() {
         topo.publish(&rk, body, properties.clone()).await;
@@ -392,19 +405,15 @@ async fn run<C: deckhand_connector::Connector>(emulator: &Emulator, scenario: Sc
             .await
             .unwrap()
     };
-    eventually(
-        "the replays and the fork handled",
-        Duration::from_secs(15),
-        || async {
-            let status = status_json().await;
-            status["accounts"][0]["forks"] == 1
-                && status["accounts"][0]["updates_stale"].as_u64().unwrap_or(0)
-                    + status["accounts"][0]["updates_duplicate"]
-                        .as_u64()
-                        .unwrap_or(0)
-                    >= 4
-        },
-    )
+    eventually("the replays and the fork handled", wait, || async {
+        let status = status_json().await;
+        status["accounts"][0]["forks"] == 1
+            && status["accounts"][0]["updates_stale"].as_u64().unwrap_or(0)
+                + status["accounts"][0]["updates_duplicate"]
+                    .as_u64()
+                    .unwrap_or(0)
+                >= rotated
+    })
     .await;
     let status = status_json().await;
     let acc = &status["accounts"][0];
@@ -413,13 +422,13 @@ async fn run<C: deckhand_connector::Connector>(emulator: &Emulator, scenario: Sc
             acc["updates_duplicate"].as_u64(),
             acc["updates_stale"].as_u64()
         ),
-        (Some(1), Some(3)),
+        (Some(1), Some(rotated - 1)),
         "{status}"
     );
     assert_eq!(acc["state"], "fork", "{status}");
     assert_eq!(
         stored_refresh_token(&platform, account).await,
-        (4, refresh_token.clone()),
+        (rotated, refresh_token.clone()),
         "never moved backwards, the fork not applied"
     );
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");

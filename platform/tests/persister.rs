@@ -94,6 +94,15 @@ async fn fencing_applies_descendants_and_drops_duplicates_replays_and_forks() {
         stored_refresh_token(&platform, "acc").await,
         (4, "rt5".into())
     );
+    // A provider that does not rotate: the same refresh token with a new access token is
+    // applied; the message that brought rt5, replayed afterwards, is stale.
+    let mut same_rt = update(Some("rt5"), "rt5");
+    same_rt.keys["oauth"]["access_token"] = json!("at-rt5-renewed");
+    assert_eq!(apply(same_rt).await, applied(5));
+    assert_eq!(
+        apply(update(Some("rt4"), "rt5")).await,
+        Outcome::Stale { generation: 5 }
+    );
 
     let status = platform.status().await.unwrap();
     let acc = &status.accounts[0];
@@ -107,9 +116,9 @@ async fn fencing_applies_descendants_and_drops_duplicates_replays_and_forks() {
             acc.updates_stale,
             acc.forks
         ),
-        (4, 2, 1, 3, 1)
+        (5, 2, 1, 4, 1)
     );
-    assert_eq!(acc.generation, 4);
+    assert_eq!(acc.generation, 5);
     // Nothing secret on the status.
     let text = serde_json::to_string(&status).unwrap();
     assert!(!text.contains("rt5") && !text.contains("at-rt"), "{text}");

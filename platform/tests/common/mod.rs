@@ -120,7 +120,7 @@ where
 pub async fn wait_for_queue(topo: &Topology, queue: &str) {
     eventually(
         &format!("queue {queue}"),
-        Duration::from_secs(15),
+        Duration::from_secs(30),
         || async {
             let Ok(channel) = topo.conn.create_channel().await else {
                 return false;
