@@ -272,7 +272,7 @@ async fn step_api_serves_latest_keys_and_fences_account_updates() {
         })
         .await
         .unwrap_err();
-    assert!(err.0.contains("409"), "{}", err.0);
+    assert!(err.to_string().contains("409"), "{err}");
     let (_, step) = status_and_json(server.get(path).send().await.unwrap()).await;
     assert_eq!(step["config"]["oauth"]["refresh_token"], "rt2");
     let (_, status) = status_and_json(

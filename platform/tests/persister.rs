@@ -361,7 +361,9 @@ async fn store_backed_workers_and_the_persister_share_one_lineage() {
                 refresh_fingerprint: entry.refresh_fingerprint.clone(),
                 worker: entry.holder.clone(),
             };
-            sink.publish(&entry.update, &lineage).await.map_err(|e| e.0)
+            sink.publish(&entry.update, &lineage)
+                .await
+                .map_err(|e| e.to_string())
         }) as futures_util::future::BoxFuture<'static, Result<(), String>>
     };
     assert_eq!(

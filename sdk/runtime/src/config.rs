@@ -48,6 +48,7 @@ use lapin::uri::{AMQPScheme, AMQPUri};
 
 use crate::crypto::{CryptoError, MessageCipher, ProtocolVersion};
 use deckhand_core::credentials::Secret;
+use deckhand_core::retry::{Backoff, Policy};
 
 /// Prefix of every Sailor environment variable.
 pub const PREFIX: &str = "ELASTICIO_";
@@ -235,18 +236,23 @@ impl PublishRetry {
     /// Default of `ELASTICIO_AMQP_PUBLISH_MAX_RETRY_DELAY`.
     pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(5);
 
+    /// The policy as run: doubling from `delay`, capped at `max_delay`, `attempts` in all.
+    pub fn policy(&self) -> Policy {
+        let policy = Policy::new(Backoff::exponential(self.delay).with_cap(self.max_delay));
+        match self.attempts {
+            Some(max) => policy.with_max_attempts(max),
+            None => policy,
+        }
+    }
+
     /// The sleep after failed attempt `n` (0-based): `min(delay·2^n, max_delay)`.
     pub fn delay_after(&self, n: u32) -> Duration {
-        let factor = 1u32.checked_shl(n).unwrap_or(u32::MAX);
-        self.delay
-            .checked_mul(factor)
-            .unwrap_or(Duration::MAX)
-            .min(self.max_delay)
+        self.policy().backoff.delay(n)
     }
 
     /// `true` if another attempt is allowed after `failed` failed attempts.
     pub fn may_retry(&self, failed: u32) -> bool {
-        self.attempts.is_none_or(|max| failed < max)
+        self.policy().pause(failed, Duration::ZERO, None).is_some()
     }
 }
 
@@ -365,6 +371,13 @@ pub struct ApiRetry {
     pub attempts: u32,
     /// `ELASTICIO_API_REQUEST_RETRY_DELAY` (default 100 ms).
     pub delay: Duration,
+}
+
+impl ApiRetry {
+    /// The policy as run: `1 + attempts` attempts, `delay` apart (Sailor's fixed delay).
+    pub fn policy(&self) -> Policy {
+        Policy::new(Backoff::fixed(self.delay)).with_max_attempts(self.attempts.saturating_add(1))
+    }
 }
 
 /// Extra values copied into every outgoing message's headers

@@ -72,7 +72,7 @@ mod strategy;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use endpoint::{ClientAuth, Grant, RetryPolicy, TokenEndpoint};
-pub use error::{AuthError, PauseCause, TransientFailure};
+pub use error::{AuthError, FailureKind, PauseCause, TransientFailure};
 pub use manager::{Authorization, RefreshReason, TokenManager, TokenManagerBuilder};
 pub use metrics::AuthMetrics;
 pub use middleware::{BearerAuth, api_http_client};
