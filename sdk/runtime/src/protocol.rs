@@ -98,6 +98,14 @@ pub mod header {
     pub const ACCOUNT_ID: &str = "accountId";
     /// Token generation of an `updateKeys` event (Deckhand addition, number).
     pub const GENERATION: &str = "generation";
+    /// Lineage of an `updateKeys` event (Deckhand addition): the fingerprint of the refresh
+    /// token the new keys replaced (first 16 bytes of its SHA-256, hex; never the token).
+    pub const PARENT_FINGERPRINT: &str = "parentFingerprint";
+    /// Lineage of an `updateKeys` event (Deckhand addition): the fingerprint of the refresh
+    /// token in the new keys.
+    pub const REFRESH_FINGERPRINT: &str = "refreshFingerprint";
+    /// The worker that published an `updateKeys` event (Deckhand addition, `host:pid:random`).
+    pub const WORKER: &str = "worker";
     /// Set by quorum queues: how many times the message was returned to the queue.
     pub const DELIVERY_COUNT: &str = "x-delivery-count";
 }
