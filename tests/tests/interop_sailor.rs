@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use base64::Engine as _;
 use deckhand::connector::{
-    Connector, ConnectorError, Context, ErrorKind, Function, Input, Message, Verification,
+    Connector, ConnectorError, Context, ErrorKind, Input, Message, Router, Verification,
     VerifyContext,
 };
 use deckhand::credentials::Credentials;
@@ -353,8 +353,10 @@ struct Tagger;
 
 #[async_trait]
 impl Connector for Tagger {
-    fn functions(&self) -> Vec<Function> {
-        vec![Function::action("tag"), Function::action("inspectError")]
+    fn router(&self) -> Router<Self> {
+        Router::new()
+            .action("tag", dispatch)
+            .action("inspectError", dispatch)
     }
 
     async fn verify_credentials(
@@ -364,7 +366,18 @@ impl Connector for Tagger {
     ) -> Result<Verification, ConnectorError> {
         Ok(Verification::Verified)
     }
+}
 
+/// Every function of this test connector, dispatched on its name (the router's names).
+async fn dispatch(
+    connector: Arc<Tagger>,
+    input: Input,
+    ctx: Context,
+) -> Result<(), ConnectorError> {
+    connector.process(ctx.function(), input, &ctx).await
+}
+
+impl Tagger {
     async fn process(
         &self,
         function: &str,

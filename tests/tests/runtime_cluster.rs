@@ -34,8 +34,8 @@ struct Echo;
 
 #[async_trait]
 impl Connector for Echo {
-    fn functions(&self) -> Vec<Function> {
-        vec![Function::action("echo")]
+    fn router(&self) -> Router<Self> {
+        Router::new().action("echo", echo)
     }
 
     async fn verify_credentials(
@@ -45,12 +45,11 @@ impl Connector for Echo {
     ) -> Result<Verification, ConnectorError> {
         Ok(Verification::Verified)
     }
+}
 
-    async fn process(&self, _: &str, input: Input, ctx: &Context) -> Result<(), ConnectorError> {
-        ctx.emit_data(Message::new(input.message.body.clone()))
-            .await?;
-        Ok(())
-    }
+async fn echo(message: Message, ctx: Context) -> Result<(), ConnectorError> {
+    ctx.emit_data(Message::new(message.body)).await?;
+    Ok(())
 }
 
 async fn connect(uri: &str) -> (Connection, Channel) {

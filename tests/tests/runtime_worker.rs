@@ -40,11 +40,13 @@ struct Probe {
 
 #[async_trait]
 impl Connector for Probe {
-    fn functions(&self) -> Vec<Function> {
-        ["echo", "fail", "later", "gather", "authed"]
-            .into_iter()
-            .map(Function::action)
-            .collect()
+    fn router(&self) -> Router<Self> {
+        Router::new()
+            .action("echo", dispatch)
+            .action("fail", dispatch)
+            .action("later", dispatch)
+            .action("gather", dispatch)
+            .action("authed", dispatch)
     }
 
     fn auth(&self, credentials: &Credentials) -> Result<Option<AuthSetup>, ConnectorError> {
@@ -71,7 +73,14 @@ impl Connector for Probe {
     ) -> Result<Verification, ConnectorError> {
         Ok(Verification::Verified)
     }
+}
 
+/// Every function of this test connector, dispatched on its name (the router's names).
+async fn dispatch(connector: Arc<Probe>, input: Input, ctx: Context) -> Result<(), ConnectorError> {
+    connector.process(ctx.function(), input, &ctx).await
+}
+
+impl Probe {
     async fn process(
         &self,
         function: &str,

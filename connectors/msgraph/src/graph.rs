@@ -52,15 +52,15 @@ impl Throttling {
 }
 
 /// Microsoft Graph for one function call.
-pub(crate) struct Graph<'a> {
-    http: &'a ClientWithMiddleware,
+pub(crate) struct Graph {
+    http: ClientWithMiddleware,
     base: Url,
     throttling: Throttling,
 }
 
-impl<'a> Graph<'a> {
+impl Graph {
     /// Graph at `base` (`{graphUrl}/v1.0`) through `http`.
-    pub(crate) fn new(http: &'a ClientWithMiddleware, base: Url, throttling: Throttling) -> Self {
+    pub(crate) fn new(http: ClientWithMiddleware, base: Url, throttling: Throttling) -> Self {
         Self {
             http,
             base,
@@ -107,7 +107,7 @@ impl<'a> Graph<'a> {
     }
 
     /// The pages of a collection, starting at `url` and following `@odata.nextLink`.
-    pub(crate) fn pages(&'a self, url: Url) -> Pages<'a> {
+    pub(crate) fn pages(&self, url: Url) -> Pages<'_> {
         Pages {
             graph: self,
             next: Some(url.into()),
@@ -158,7 +158,7 @@ impl<'a> Graph<'a> {
 
 /// The pages of a Graph collection; see [`Graph::pages`].
 pub(crate) struct Pages<'a> {
-    graph: &'a Graph<'a>,
+    graph: &'a Graph,
     /// The URL of the next page: the first one, then each page's `@odata.nextLink`.
     next: Option<String>,
 }

@@ -56,12 +56,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deckhand::auth::{Grant, Strategy, TokenEndpoint};
 use deckhand::connector::{
-    AuthSetup, Connector, ConnectorError, Context, ErrorKind, Function, Input, Verification,
+    AuthSetup, Call, Connector, ConnectorError, ErrorKind, FromCall, Router, Verification,
     VerifyContext,
 };
 use deckhand::credentials::Credentials;
 use reqwest::{Method, StatusCode};
-use serde_json::Map;
 
 use graph::Graph;
 pub use graph::Throttling;
@@ -111,24 +110,27 @@ impl MsGraph {
     }
 
     /// Microsoft Graph as `settings` locate it, through `http` (the step's authenticated client).
-    fn graph<'a>(
-        &self,
-        http: &'a reqwest_middleware::ClientWithMiddleware,
-        settings: &Settings,
-    ) -> Graph<'a> {
-        Graph::new(http, settings.api_base(), self.throttling)
+    fn graph(&self, http: &reqwest_middleware::ClientWithMiddleware, settings: &Settings) -> Graph {
+        Graph::new(http.clone(), settings.api_base(), self.throttling)
+    }
+}
+
+/// Every handler's Graph client: the step's settings (read once per step), its HTTP client.
+impl FromCall<MsGraph> for Graph {
+    async fn from_call(call: &mut Call<MsGraph>) -> Result<Self, ConnectorError> {
+        let settings = call.config::<Settings>()?;
+        Ok(call.connector().graph(call.context().http(), &settings))
     }
 }
 
 #[async_trait]
 impl Connector for MsGraph {
-    fn functions(&self) -> Vec<Function> {
-        vec![
-            Function::trigger("readMail"),
-            Function::action("listUsers"),
-            Function::action("getUser"),
-            Function::action("sendMail"),
-        ]
+    fn router(&self) -> Router<Self> {
+        Router::new()
+            .trigger("readMail", mail::read_mail)
+            .action("listUsers", users::list_users)
+            .action("getUser", users::get_user)
+            .action("sendMail", mail::send_mail)
     }
 
     fn auth(&self, credentials: &Credentials) -> Result<Option<AuthSetup>, ConnectorError> {
@@ -198,27 +200,6 @@ impl Connector for MsGraph {
                 })
             }
             _ => Err(graph::error_of(response, &Method::GET, &url).await),
-        }
-    }
-
-    async fn process(
-        &self,
-        function: &str,
-        input: Input,
-        ctx: &Context,
-    ) -> Result<(), ConnectorError> {
-        // The step configuration holds the credential's keys too.
-        let settings = Settings::from_keys(input.config.as_object().unwrap_or(&Map::new()))?;
-        let graph = self.graph(ctx.http(), &settings);
-        match function {
-            "listUsers" => users::list_users(&graph, &input, ctx).await,
-            "getUser" => users::get_user(&graph, &input, ctx).await,
-            "sendMail" => mail::send_mail(&graph, settings.mode, &input, ctx).await,
-            "readMail" => mail::read_mail(&graph, settings.mode, &input, ctx).await,
-            other => Err(ConnectorError::new(
-                ErrorKind::UnknownFunction,
-                format!("no function `{other}`"),
-            )),
         }
     }
 }

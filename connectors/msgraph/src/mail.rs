@@ -1,27 +1,49 @@
 //! The `sendMail` action and the `readMail` polling trigger.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use deckhand::connector::{ConnectorError, Context, ErrorKind, Input, Message};
+use deckhand::connector::field::{self, Lenient};
+use deckhand::connector::{Body, Config, ConnectorError, Context, ErrorKind, Message, Snapshot};
+use serde::{Deserialize, Deserializer, de::Error as _};
 use serde_json::{Value, json};
 
 use crate::graph::Graph;
-use crate::settings::AuthMode;
-use crate::users::body_text;
+use crate::settings::{AuthMode, Settings};
 
 /// Messages per page when polling (Graph's maximum is 1000).
 const MAIL_PAGE_SIZE: u32 = 50;
 
+/// The body of `sendMail`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SendMail {
+    #[serde(default, deserialize_with = "field::optional")]
+    from: Option<String>,
+    #[serde(default, deserialize_with = "addresses")]
+    to: Vec<String>,
+    #[serde(default, deserialize_with = "addresses")]
+    cc: Vec<String>,
+    #[serde(default, deserialize_with = "addresses")]
+    bcc: Vec<String>,
+    subject: String,
+    #[serde(default, deserialize_with = "content_type")]
+    content_type: Option<String>,
+    #[serde(default, deserialize_with = "field::optional")]
+    body: Option<String>,
+    #[serde(default, deserialize_with = "field::optional")]
+    save_to_sent_items: Option<bool>,
+}
+
 /// `sendMail`: sends a mail from `from` (a user id or UPN), or from the signed-in user.
 pub(crate) async fn send_mail(
-    graph: &Graph<'_>,
-    mode: AuthMode,
-    input: &Input,
-    ctx: &Context,
+    graph: Graph,
+    settings: Config<Settings>,
+    Body(mail): Body<SendMail>,
+    ctx: Context,
 ) -> Result<(), ConnectorError> {
-    let from = body_text(input, "from")?.map(str::trim);
+    let from = mail.from.as_deref().map(str::trim);
     let url = match from {
         Some(user) => graph.url(&["users", user, "sendMail"]),
-        None if mode == AuthMode::Delegated => graph.url(&["me", "sendMail"]),
+        None if settings.mode == AuthMode::Delegated => graph.url(&["me", "sendMail"]),
         None => {
             return Err(invalid_input(
                 "an app-only credential sends as a user: give `from` (a user id or \
@@ -29,50 +51,32 @@ pub(crate) async fn send_mail(
             ));
         }
     };
-    let to = addresses(input, "to")?;
-    if to.is_empty() {
+    if mail.to.is_empty() {
         return Err(invalid_input("`to` needs at least one address"));
     }
-    let subject = input.body_str("subject")?;
-    let content_type = match body_text(input, "contentType")?.map(|t| t.trim().to_ascii_lowercase())
-    {
-        None => "Text",
-        Some(t) if t == "text" => "Text",
-        Some(t) if t == "html" => "HTML",
-        Some(other) => {
-            return Err(invalid_input(format!(
-                "`contentType` must be `text` or `html`, not `{other}`"
-            )));
-        }
-    };
-    let save_to_sent_items = match input.message.body.get("saveToSentItems") {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(invalid_input("`saveToSentItems` must be true or false")),
-    };
     let request = json!({
         "message": {
-            "subject": subject,
-            "body": {"contentType": content_type, "content": body_text(input, "body")?.unwrap_or("")},
-            "toRecipients": recipients(&to),
-            "ccRecipients": recipients(&addresses(input, "cc")?),
-            "bccRecipients": recipients(&addresses(input, "bcc")?),
+            "subject": mail.subject,
+            "body": {"contentType": mail.content_type.as_deref().unwrap_or("Text"), "content": mail.body.unwrap_or_default()},
+            "toRecipients": recipients(&mail.to),
+            "ccRecipients": recipients(&mail.cc),
+            "bccRecipients": recipients(&mail.bcc),
         },
-        "saveToSentItems": save_to_sent_items,
+        "saveToSentItems": mail.save_to_sent_items.unwrap_or(true),
     });
     graph.post(url, &request).await?;
     ctx.emit_data(Message::new(json!({
         "accepted": true,
         "from": from.unwrap_or("me"),
-        "to": to,
-        "subject": subject,
+        "to": mail.to,
+        "subject": mail.subject,
     })))
     .await?;
     Ok(())
 }
 
 /// Addresses from an array of strings, or from one string separated by `,` or `;`.
-fn addresses(input: &Input, field: &str) -> Result<Vec<String>, ConnectorError> {
+fn addresses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let split = |s: &str| -> Vec<String> {
         s.split([',', ';'])
             .map(str::trim)
@@ -80,17 +84,29 @@ fn addresses(input: &Input, field: &str) -> Result<Vec<String>, ConnectorError> 
             .map(str::to_owned)
             .collect()
     };
-    match input.message.body.get(field) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(split(s)),
-        Some(Value::Array(items)) => items
+    match Value::deserialize(d)? {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) => Ok(split(&s)),
+        Value::Array(items) => items
             .iter()
             .map(|item| item.as_str().map(split))
             .collect::<Option<Vec<_>>>()
             .map(|lists| lists.concat())
-            .ok_or_else(|| invalid_input(format!("`{field}` must hold strings (addresses)"))),
-        Some(_) => Err(invalid_input(format!(
-            "`{field}` must be an address or a list of addresses"
+            .ok_or_else(|| D::Error::custom("must hold strings (addresses)")),
+        _ => Err(D::Error::custom(
+            "must be an address or a list of addresses",
+        )),
+    }
+}
+
+/// `text` (the default) or `html`, whatever the case, as Graph spells them.
+fn content_type<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let text: Option<String> = field::optional(d)?;
+    match text.map(|t| t.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("text") => Ok(Some("Text".into())),
+        Some("html") => Ok(Some("HTML".into())),
+        Some(other) => Err(D::Error::custom(format!(
+            "must be `text` or `html`, not `{other}`"
         ))),
     }
 }
@@ -102,6 +118,18 @@ fn recipients(addresses: &[String]) -> Value {
         .collect()
 }
 
+/// The step configuration of `readMail`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ReadMail {
+    #[serde(default, deserialize_with = "field::optional")]
+    mailbox: Option<String>,
+    #[serde(default, deserialize_with = "field::optional")]
+    folder: Option<String>,
+    #[serde(default, deserialize_with = "field::optional")]
+    start_time: Option<Lenient<DateTime<Utc>>>,
+}
+
 /// `readMail`: emits every message received since the last poll, oldest first, and moves the
 /// position in the snapshot forward.
 ///
@@ -110,19 +138,20 @@ fn recipients(addresses: &[String]) -> Value {
 /// <position>`, so a message that arrives later with the same timestamp is still found, and
 /// the ids make sure those already emitted are not emitted twice.
 pub(crate) async fn read_mail(
-    graph: &Graph<'_>,
-    mode: AuthMode,
-    input: &Input,
-    ctx: &Context,
+    graph: Graph,
+    settings: Config<Settings>,
+    config: Config<ReadMail>,
+    Snapshot(snapshot): Snapshot<Value>,
+    ctx: Context,
 ) -> Result<(), ConnectorError> {
-    let mut position = Position::from_snapshot(&input.snapshot)?;
-    let since = match position.received {
-        Some(at) => at,
-        None => start_time(input)?,
-    };
-    let mut path = match input.config_opt_str("mailbox") {
+    let mut position = Position::from_snapshot(&snapshot)?;
+    let since = position
+        .received
+        .or(config.start_time.map(|Lenient(at)| at))
+        .unwrap_or(DateTime::UNIX_EPOCH);
+    let mut path = match config.mailbox.as_deref() {
         Some(user) => vec!["users", user],
-        None if mode == AuthMode::Delegated => vec!["me"],
+        None if settings.mode == AuthMode::Delegated => vec!["me"],
         None => {
             return Err(ConnectorError::new(
                 ErrorKind::InvalidConfiguration,
@@ -131,7 +160,7 @@ pub(crate) async fn read_mail(
             ));
         }
     };
-    if let Some(folder) = input.config_opt_str("folder") {
+    if let Some(folder) = config.folder.as_deref() {
         path.extend(["mailFolders", folder]);
     }
     path.push("messages");
@@ -161,19 +190,6 @@ pub(crate) async fn read_mail(
         }
     }
     Ok(())
-}
-
-/// Where the first poll starts: the `startTime` field, or else the beginning of time.
-fn start_time(input: &Input) -> Result<DateTime<Utc>, ConnectorError> {
-    match input.config_opt_str("startTime") {
-        None => Ok(DateTime::UNIX_EPOCH),
-        Some(start) => parse_time(start).ok_or_else(|| {
-            ConnectorError::new(
-                ErrorKind::InvalidConfiguration,
-                format!("`startTime` `{start}` is not an ISO 8601 date-time"),
-            )
-        }),
-    }
 }
 
 /// Where `readMail` stands: the newest `receivedDateTime` emitted and the ids emitted at it.

@@ -25,8 +25,9 @@ pub enum AuthMode {
 }
 
 /// The non-secret settings of a credential, read from its keys (the credential fields, or a
-/// step configuration, which holds them too).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// step configuration, which holds them too: handlers get them as a typed `Config`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "Map<String, Value>")]
 pub struct Settings {
     /// `authMode`.
     pub mode: AuthMode,
@@ -36,6 +37,13 @@ pub struct Settings {
     pub authority_url: Url,
     /// `graphUrl`, default [`DEFAULT_GRAPH_URL`]: the only origin that gets the access token.
     pub graph_url: Url,
+}
+
+impl TryFrom<Map<String, Value>> for Settings {
+    type Error = String;
+    fn try_from(keys: Map<String, Value>) -> Result<Self, String> {
+        Self::from_keys(&keys).map_err(|e| e.message().to_owned())
+    }
 }
 
 impl Settings {

@@ -1,6 +1,8 @@
 //! The `listUsers` and `getUser` actions.
 
-use deckhand::connector::{ConnectorError, Context, ErrorKind, Input, Message};
+use deckhand::connector::field::{self, Lenient};
+use deckhand::connector::{Body, ConnectorError, Context, ErrorKind, Message};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::graph::Graph;
@@ -8,23 +10,38 @@ use crate::graph::Graph;
 /// Largest `$top` Graph accepts for users.
 const MAX_PAGE_SIZE: u64 = 999;
 
-/// `listUsers`: every user of the directory, one message per user, page after page.
-///
-/// Body (all optional): `filter` (OData `$filter`), `select` (`$select`), `pageSize` (`$top`).
+/// The body of `listUsers` (all optional). Mappers often send numbers as strings.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ListUsers {
+    #[serde(default, deserialize_with = "field::optional")]
+    filter: Option<String>,
+    #[serde(default, deserialize_with = "field::optional")]
+    select: Option<String>,
+    #[serde(default, deserialize_with = "field::optional")]
+    page_size: Option<Lenient<u64>>,
+}
+
+/// `listUsers`: every user of the directory, one message per user, page after page, with
+/// the OData `$filter`, `$select` and `$top` of the body.
 pub(crate) async fn list_users(
-    graph: &Graph<'_>,
-    input: &Input,
-    ctx: &Context,
+    graph: Graph,
+    Body(body): Body<ListUsers>,
+    ctx: Context,
 ) -> Result<(), ConnectorError> {
-    let mut query = Vec::new();
-    if let Some(filter) = body_text(input, "filter")? {
-        query.push(("$filter", filter.to_owned()));
-    }
-    if let Some(select) = body_text(input, "select")? {
-        query.push(("$select", select.to_owned()));
-    }
-    if let Some(size) = page_size(input)? {
-        query.push(("$top", size.to_string()));
+    let mut query: Vec<_> = [("$filter", body.filter), ("$select", body.select)]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+        .collect();
+    match body.page_size {
+        None => {}
+        Some(Lenient(size @ 1..=MAX_PAGE_SIZE)) => query.push(("$top", size.to_string())),
+        Some(_) => {
+            return Err(ConnectorError::new(
+                ErrorKind::InvalidInput,
+                format!("message body field `pageSize` must be from 1 to {MAX_PAGE_SIZE}"),
+            ));
+        }
     }
     let mut url = graph.url(&["users"]);
     if !query.is_empty() {
@@ -39,13 +56,22 @@ pub(crate) async fn list_users(
     Ok(())
 }
 
+/// The body of `getUser`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct GetUser {
+    user_id: String,
+    #[serde(default, deserialize_with = "field::optional")]
+    select: Option<String>,
+}
+
 /// `getUser`: one user by id or userPrincipalName (`userId`), with an optional `select`.
 pub(crate) async fn get_user(
-    graph: &Graph<'_>,
-    input: &Input,
-    ctx: &Context,
+    graph: Graph,
+    Body(body): Body<GetUser>,
+    ctx: Context,
 ) -> Result<(), ConnectorError> {
-    let id = input.body_str("userId")?.trim();
+    let id = body.user_id.trim();
     if id.is_empty() {
         return Err(ConnectorError::new(
             ErrorKind::InvalidInput,
@@ -53,7 +79,7 @@ pub(crate) async fn get_user(
         ));
     }
     let mut url = graph.url(&["users", id]);
-    if let Some(select) = body_text(input, "select")? {
+    if let Some(select) = &body.select {
         url.query_pairs_mut().append_pair("$select", select);
     }
     match graph.find(url).await? {
@@ -65,41 +91,6 @@ pub(crate) async fn get_user(
         None => Err(ConnectorError::new(
             ErrorKind::NotFound,
             format!("no user has the id or userPrincipalName `{id}`"),
-        )),
-    }
-}
-
-/// An optional string field of the body (absent, null and blank mean `None`).
-pub(crate) fn body_text<'a>(
-    input: &'a Input,
-    field: &str,
-) -> Result<Option<&'a str>, ConnectorError> {
-    match input.message.body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(ConnectorError::new(
-            ErrorKind::InvalidInput,
-            format!("message body field `{field}` must be a string"),
-        )),
-    }
-}
-
-fn page_size(input: &Input) -> Result<Option<u64>, ConnectorError> {
-    let value = match input.message.body.get("pageSize") {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => return Ok(None),
-        // Mappers often produce numbers as strings.
-        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
-        Some(v) => v.as_u64(),
-    };
-    match value {
-        Some(n @ 1..=MAX_PAGE_SIZE) => Ok(Some(n)),
-        _ => Err(ConnectorError::new(
-            ErrorKind::InvalidInput,
-            format!(
-                "message body field `pageSize` must be a whole number from 1 to {MAX_PAGE_SIZE}"
-            ),
         )),
     }
 }

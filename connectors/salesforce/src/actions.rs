@@ -1,32 +1,66 @@
 //! The actions: `query`, `create`, `upsert` and `lookup`.
 
-use deckhand::connector::{ConnectorError, Context, ErrorKind, Input, Message};
+use deckhand::connector::{Body, Config, ConnectorError, Context, ErrorKind, Message, field};
 use reqwest::StatusCode;
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::api::Api;
-use crate::config::{api_name, checkbox, field_list};
+use crate::config::{ApiName, FieldList};
 
 /// How `query` emits its results (field `emitBehavior`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 enum EmitBehavior {
     /// One message per record (`emitIndividually`, the default).
+    #[default]
+    #[serde(rename = "emitIndividually")]
     Individually,
     /// One message per page: `{totalSize, done, records}` (`emitPage`).
+    #[serde(rename = "emitPage")]
     Page,
 }
 
-impl EmitBehavior {
-    fn from_config(input: &Input) -> Result<Self, ConnectorError> {
-        match input.config_opt_str("emitBehavior") {
-            None | Some("emitIndividually") => Ok(Self::Individually),
-            Some("emitPage") => Ok(Self::Page),
-            Some(other) => Err(ConnectorError::new(
-                ErrorKind::InvalidConfiguration,
-                format!("`emitBehavior` must be emitIndividually or emitPage, not `{other}`"),
-            )),
-        }
-    }
+/// The step configuration of `query`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct QueryConfig {
+    #[serde(default, deserialize_with = "field::optional")]
+    emit_behavior: Option<EmitBehavior>,
+    #[serde(default, deserialize_with = "field::checkbox")]
+    include_deleted: bool,
+}
+
+/// The body of a `query` message.
+#[derive(Deserialize)]
+pub(crate) struct Soql {
+    query: String,
+}
+
+/// The step configuration of `create`.
+#[derive(Deserialize)]
+pub(crate) struct CreateConfig {
+    sobject: ApiName,
+}
+
+/// The step configuration of `upsert`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct UpsertConfig {
+    sobject: ApiName,
+    external_id_field: ApiName,
+}
+
+/// The step configuration of `lookup`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LookupConfig {
+    sobject: ApiName,
+    #[serde(default, deserialize_with = "field::optional")]
+    lookup_field: Option<ApiName>,
+    #[serde(default)]
+    fields: FieldList,
+    #[serde(default, deserialize_with = "field::checkbox")]
+    allow_not_found: bool,
 }
 
 /// `query`: runs the SOQL query of the message body's `query` and follows `nextRecordsUrl` to
@@ -35,13 +69,13 @@ impl EmitBehavior {
 /// A 429/503 on the first page is rebounded (see the crate docs); once something was emitted
 /// a failure is an error, because replaying the message would emit those records again.
 pub(crate) async fn query(
-    api: &Api<'_>,
-    input: &Input,
-    ctx: &Context,
+    config: Config<QueryConfig>,
+    Body(Soql { query: soql }): Body<Soql>,
+    api: Api,
+    ctx: Context,
 ) -> Result<(), ConnectorError> {
-    let soql = input.body_str("query")?;
-    let behavior = EmitBehavior::from_config(input)?;
-    let mut page = api.query(soql, checkbox(input, "includeDeleted")).await?;
+    let behavior = config.emit_behavior.unwrap_or_default();
+    let mut page = api.query(&soql, config.include_deleted).await?;
     let mut pages = 0usize;
     let mut records = 0usize;
     loop {
@@ -90,12 +124,13 @@ fn after_partial_output(err: ConnectorError, emitted_records: usize) -> Connecto
 
 /// `create`: creates a record of the configured object from the message body.
 pub(crate) async fn create(
-    api: &Api<'_>,
-    input: &Input,
-    ctx: &Context,
+    config: Config<CreateConfig>,
+    api: Api,
+    input: Message,
+    ctx: Context,
 ) -> Result<(), ConnectorError> {
-    let sobject = api_name(input, "sobject")?;
-    let record = record_body(input)?;
+    let sobject = &*config.sobject;
+    let record = record_body(&input)?;
     let request = api.post(api.url(&["sobjects", sobject])).json(&record);
     let created = api.send_json(request).await?;
     ctx.emit_data(Message::new(created)).await?;
@@ -109,13 +144,13 @@ pub(crate) async fn create(
 /// from API v46.0 on, and with an empty 204 before; after a 204 the record's Id is looked up so
 /// the output is the same.
 pub(crate) async fn upsert(
-    api: &Api<'_>,
-    input: &Input,
-    ctx: &Context,
+    config: Config<UpsertConfig>,
+    api: Api,
+    input: Message,
+    ctx: Context,
 ) -> Result<(), ConnectorError> {
-    let sobject = api_name(input, "sobject")?;
-    let field = api_name(input, "externalIdField")?;
-    let mut record = record_body(input)?;
+    let (sobject, field) = (&*config.sobject, &*config.external_id_field);
+    let mut record = record_body(&input)?;
     // The value goes in the URL, so it is taken out of the body.
     let key = record
         .keys()
@@ -159,29 +194,27 @@ pub(crate) async fn upsert(
 /// `allowNotFound` is checked. Several matches (a non-unique external id) fail with
 /// `MULTIPLE_CHOICES`.
 pub(crate) async fn lookup(
-    api: &Api<'_>,
-    input: &Input,
-    ctx: &Context,
+    config: Config<LookupConfig>,
+    api: Api,
+    input: Message,
+    ctx: Context,
 ) -> Result<(), ConnectorError> {
-    let sobject = api_name(input, "sobject")?;
-    let field = match input.config_opt_str("lookupField") {
-        Some(_) => api_name(input, "lookupField")?,
-        None => "Id",
-    };
-    let value = scalar_text(input.message.body.get("value").cloned(), "value")?;
+    let sobject = &*config.sobject;
+    let field = config.lookup_field.as_deref().unwrap_or("Id");
+    let value = scalar_text(input.body.get("value").cloned(), "value")?;
     let mut url = if field.eq_ignore_ascii_case("Id") {
         api.url(&["sobjects", sobject, &value])
     } else {
         api.url(&["sobjects", sobject, field, &value])
     };
-    if let Some(fields) = field_list(input, "fields")? {
+    if !config.fields.0.is_empty() {
         url.query_pairs_mut()
-            .append_pair("fields", &fields.join(","));
+            .append_pair("fields", &config.fields.0.join(","));
     }
     match api.send_json(api.get(url)).await {
         Ok(record) => ctx.emit_data(Message::new(record)).await?,
         Err(err) if err.status() == Some(StatusCode::NOT_FOUND) => {
-            if checkbox(input, "allowNotFound") {
+            if config.allow_not_found {
                 ctx.emit_data(Message::new(json!({}))).await?;
             } else {
                 return Err(ConnectorError::new(
@@ -197,8 +230,8 @@ pub(crate) async fn lookup(
 }
 
 /// The message body as a record: a JSON object of field values.
-fn record_body(input: &Input) -> Result<Map<String, Value>, ConnectorError> {
-    match &input.message.body {
+fn record_body(input: &Message) -> Result<Map<String, Value>, ConnectorError> {
+    match &input.body {
         Value::Object(fields) => Ok(fields.clone()),
         _ => Err(ConnectorError::new(
             ErrorKind::InvalidInput,

@@ -13,23 +13,23 @@ use url::Url;
 
 /// A connection to one org's REST API: the authenticated client, the org's instance URL and
 /// the API version.
-pub(crate) struct Api<'a> {
-    http: &'a ClientWithMiddleware,
+pub(crate) struct Api {
+    http: ClientWithMiddleware,
     instance: Url,
-    version: &'a str,
+    version: String,
 }
 
-impl<'a> Api<'a> {
+impl Api {
     /// Connects with the credential behind `tokens`.
     ///
     /// The instance URL comes from the latest token response (`instance_url`). A credential
     /// that holds only a refresh token has none yet: asking for an authorization first runs
     /// that initial refresh. With an access token in hand, it costs nothing.
     pub(crate) async fn connect(
-        http: &'a ClientWithMiddleware,
+        http: &ClientWithMiddleware,
         tokens: Option<&TokenManager>,
-        version: &'a str,
-    ) -> Result<Api<'a>, ConnectorError> {
+        version: String,
+    ) -> Result<Api, ConnectorError> {
         let tokens = tokens.ok_or_else(|| {
             ConnectorError::new(
                 ErrorKind::InvalidCredentials,
@@ -58,7 +58,7 @@ impl<'a> Api<'a> {
                 )
             })?;
         Ok(Api {
-            http,
+            http: http.clone(),
             instance,
             version,
         })
@@ -72,7 +72,7 @@ impl<'a> Api<'a> {
         url.set_fragment(None);
         if let Ok(mut path) = url.path_segments_mut() {
             path.clear()
-                .extend(["services", "data", self.version])
+                .extend(["services", "data", &self.version])
                 .extend(segments);
         }
         url

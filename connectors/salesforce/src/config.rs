@@ -4,8 +4,11 @@
 //! (`Account`, `Invoice__c`, `ns__Field__c`; relationship paths like `Owner.Name` in field
 //! lists) rather than escaped: a name that is not one is a configuration mistake.
 
-use deckhand::connector::{ConnectorError, ErrorKind, Input};
-use serde_json::Value;
+use std::ops::Deref;
+
+use deckhand::connector::field::{self, Lenient};
+use serde::Deserialize;
+use serde::de::{Deserializer, Error as _};
 
 /// Whether `name` is a Salesforce API name: a letter, then letters, digits and underscores.
 pub(crate) fn is_api_name(name: &str) -> bool {
@@ -19,78 +22,65 @@ fn is_field_path(path: &str) -> bool {
     path.split('.').all(is_api_name)
 }
 
-/// A required configuration field holding an API name (an object or a field).
-pub(crate) fn api_name<'a>(input: &'a Input, field: &str) -> Result<&'a str, ConnectorError> {
-    let name = input.config_str(field)?.trim();
-    if is_api_name(name) {
-        Ok(name)
-    } else {
-        Err(ConnectorError::new(
-            ErrorKind::InvalidConfiguration,
-            format!(
-                "configuration field `{field}` must be an API name such as Account or \
-                 External_Id__c, not `{name}`"
-            ),
-        ))
+/// A configuration field holding an API name (an object or a field), checked when the step's
+/// configuration is read.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "String")]
+pub(crate) struct ApiName(String);
+
+impl TryFrom<String> for ApiName {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, String> {
+        let name = name.trim();
+        if is_api_name(name) {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(format!(
+                "must be an API name such as Account or External_Id__c, not `{name}`"
+            ))
+        }
     }
 }
 
-/// An optional comma-separated list of field API names; `None` when empty.
-pub(crate) fn field_list(
-    input: &Input,
-    field: &str,
-) -> Result<Option<Vec<String>>, ConnectorError> {
-    let Some(text) = input.config_opt_str(field) else {
-        return Ok(None);
-    };
-    let names: Vec<String> = text
-        .split(',')
-        .map(str::trim)
-        .filter(|name| !name.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if let Some(bad) = names.iter().find(|name| !is_field_path(name)) {
-        return Err(ConnectorError::new(
-            ErrorKind::InvalidConfiguration,
-            format!(
-                "configuration field `{field}` must list field API names separated by commas; \
-                 `{bad}` is not one"
-            ),
-        ));
+impl Deref for ApiName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
     }
-    Ok((!names.is_empty()).then_some(names))
 }
 
-/// A `CheckBoxView` field: checked is `true`, or `"on"`/`"true"` as older platform versions
-/// send it.
-pub(crate) fn checkbox(input: &Input, field: &str) -> bool {
-    match input.config.get(field) {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => matches!(s.as_str(), "on" | "true"),
-        _ => false,
+/// An optional comma-separated list of field API names (empty when the field is).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(try_from = "Option<String>")]
+pub(crate) struct FieldList(pub(crate) Vec<String>);
+
+impl TryFrom<Option<String>> for FieldList {
+    type Error = String;
+    fn try_from(text: Option<String>) -> Result<Self, String> {
+        let names: Vec<String> = text
+            .iter()
+            .flat_map(|text| text.split(','))
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned)
+            .collect();
+        match names.iter().find(|name| !is_field_path(name)) {
+            Some(bad) => Err(format!(
+                "must list field API names separated by commas; `{bad}` is not one"
+            )),
+            None => Ok(Self(names)),
+        }
     }
 }
 
 /// An optional positive integer field (a `TextFieldView` sends a string; JSON config files a
 /// number).
-pub(crate) fn positive_integer(
-    input: &Input,
-    field: &str,
-    default: usize,
-) -> Result<usize, ConnectorError> {
-    let parsed = match input.config.get(field) {
-        None | Some(Value::Null) => return Ok(default),
-        Some(Value::String(s)) if s.trim().is_empty() => return Ok(default),
-        Some(Value::String(s)) => s.trim().parse::<usize>().ok(),
-        Some(Value::Number(n)) => n.as_u64().and_then(|n| usize::try_from(n).ok()),
-        Some(_) => None,
-    };
-    parsed.filter(|&n| n > 0).ok_or_else(|| {
-        ConnectorError::new(
-            ErrorKind::InvalidConfiguration,
-            format!("configuration field `{field}` must be a whole number of at least 1"),
-        )
-    })
+pub(crate) fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    let invalid = || D::Error::custom("must be a whole number of at least 1");
+    match field::optional::<D, Lenient<usize>>(d).map_err(|_| invalid())? {
+        Some(Lenient(0)) => Err(invalid()),
+        n => Ok(n.map(|Lenient(n)| n)),
+    }
 }
 
 #[cfg(test)]

@@ -124,8 +124,8 @@ use async_trait::async_trait;
 use deckhand::auth::{AuthError, ClientAuth, Grant, Strategy, TokenEndpoint};
 use deckhand::component::render_template;
 use deckhand::connector::{
-    AuthSetup, Connector, ConnectorError, Context, ErrorKind, Function, Input, Verification,
-    VerifyContext,
+    AuthSetup, Call, Connector, ConnectorError, ErrorKind, FromCall, Handler, HandlerFuture,
+    Router, Verification, VerifyContext,
 };
 use deckhand::credentials::{Credentials, Secret};
 use reqwest::StatusCode;
@@ -138,13 +138,6 @@ pub const DEFAULT_API_VERSION: &str = "v60.0";
 
 /// The token URL of the credential's environment, as in component.json's `oauth2.token_uri`.
 pub const TOKEN_URI_TEMPLATE: &str = "https://{{prodEnv}}.salesforce.com/services/oauth2/token";
-
-/// The trigger and action names, as in component.json.
-const QUERY: &str = "query";
-const CREATE: &str = "create";
-const UPSERT: &str = "upsert";
-const LOOKUP: &str = "lookup";
-const GET_UPDATED_OBJECTS: &str = "getUpdatedObjects";
 
 /// A Salesforce connected app: the client the refresh-token grant authenticates as.
 ///
@@ -299,14 +292,14 @@ pub fn token_url(credentials: &Credentials) -> Result<String, ConnectorError> {
 
 #[async_trait]
 impl Connector for Salesforce {
-    fn functions(&self) -> Vec<Function> {
-        vec![
-            Function::trigger(GET_UPDATED_OBJECTS),
-            Function::action(QUERY),
-            Function::action(CREATE),
-            Function::action(UPSERT),
-            Function::action(LOOKUP),
-        ]
+    fn router(&self) -> Router<Self> {
+        Router::new()
+            // A trigger does not rebound: the next poll resumes from the saved position.
+            .trigger("getUpdatedObjects", trigger::get_updated_objects)
+            .action("query", ReboundWhenThrottled(actions::query))
+            .action("create", ReboundWhenThrottled(actions::create))
+            .action("upsert", ReboundWhenThrottled(actions::upsert))
+            .action("lookup", ReboundWhenThrottled(actions::lookup))
     }
 
     /// Refresh-token grant at the credential's token URL, client id and secret in the form
@@ -335,7 +328,7 @@ impl Connector for Salesforce {
     ) -> Result<Verification, ConnectorError> {
         let version = self.api_version()?;
         let check = async {
-            let api = Api::connect(ctx.http(), ctx.token_manager(), &version).await?;
+            let api = Api::connect(ctx.http(), ctx.token_manager(), version).await?;
             api.send(api.get(api.url(&[]))).await
         };
         match check.await.map(drop) {
@@ -346,37 +339,37 @@ impl Connector for Salesforce {
             Err(err) => Err(err),
         }
     }
+}
 
-    async fn process(
-        &self,
-        function: &str,
-        input: Input,
-        ctx: &Context,
-    ) -> Result<(), ConnectorError> {
-        let version = self.api_version()?;
-        let api = Api::connect(ctx.http(), ctx.token_manager(), &version).await?;
-        let result = match function {
-            QUERY => actions::query(&api, &input, ctx).await,
-            CREATE => actions::create(&api, &input, ctx).await,
-            UPSERT => actions::upsert(&api, &input, ctx).await,
-            LOOKUP => actions::lookup(&api, &input, ctx).await,
-            // A trigger does not rebound: the next poll resumes from the saved position.
-            GET_UPDATED_OBJECTS => return trigger::get_updated_objects(&api, &input, ctx).await,
-            other => {
-                return Err(ConnectorError::new(
-                    ErrorKind::UnknownFunction,
-                    format!("no function `{other}`"),
-                ));
+/// Every handler's API connection: the step's token (refreshed first if there is none yet) and
+/// the org's instance URL, read for each message so a refresh that moves the org is followed.
+impl FromCall<Salesforce> for Api {
+    async fn from_call(call: &mut Call<Salesforce>) -> Result<Self, ConnectorError> {
+        let version = call.connector().api_version()?;
+        let ctx = call.context();
+        Api::connect(ctx.http(), ctx.token_manager(), version).await
+    }
+}
+
+/// An action whose 429/503 answers become a rebound: the platform delivers the message again
+/// later, with a growing delay.
+#[derive(Clone)]
+struct ReboundWhenThrottled<H>(H);
+
+impl<H: Handler<Salesforce, Args>, Args> Handler<Salesforce, Args> for ReboundWhenThrottled<H> {
+    fn call(&self, call: Call<Salesforce>) -> HandlerFuture {
+        let ctx = call.context().clone();
+        let run = self.0.call(call);
+        Box::pin(async move {
+            match run.await {
+                Err(err) if err.is_throttled() => {
+                    tracing::info!(error = %err, "Salesforce asked to retry later; rebounding");
+                    ctx.emit_rebound(err.to_string()).await?;
+                    Ok(())
+                }
+                other => other,
             }
-        };
-        match result {
-            Err(err) if err.is_throttled() => {
-                tracing::info!(error = %err, "Salesforce asked to retry later; rebounding");
-                ctx.emit_rebound(err.to_string()).await?;
-                Ok(())
-            }
-            other => other,
-        }
+        })
     }
 }
 

@@ -38,14 +38,28 @@
 //! `SystemModstamp`; flows that cannot tolerate it should also reconcile periodically.
 
 use chrono::{DateTime, Utc};
-use deckhand::connector::{ConnectorError, Context, ErrorKind, Input, Message};
+use deckhand::connector::{Config, ConnectorError, Context, ErrorKind, Message, Snapshot, field};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::api::Api;
-use crate::config::{api_name, field_list, positive_integer};
+use crate::config::{ApiName, FieldList, positive};
 
 /// Records emitted by one poll when `maxRecords` is not set.
 pub(crate) const DEFAULT_MAX_RECORDS: usize = 1000;
+
+/// The step configuration of `getUpdatedObjects`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PollConfig {
+    sobject: ApiName,
+    #[serde(default)]
+    selected_fields: FieldList,
+    #[serde(default, deserialize_with = "positive")]
+    max_records: Option<usize>,
+    #[serde(default, deserialize_with = "field::optional")]
+    start_time: Option<String>,
+}
 
 /// Where polling resumes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -148,20 +162,21 @@ fn field<'r>(record: &'r Value, name: &str) -> Option<&'r Value> {
 /// oldest first, at most `maxRecords` per poll, and stores the new position after every page
 /// that emitted something (so a failure on a later page does not emit those records again).
 pub(crate) async fn get_updated_objects(
-    api: &Api<'_>,
-    input: &Input,
-    ctx: &Context,
+    config: Config<PollConfig>,
+    Snapshot(snapshot): Snapshot<Value>,
+    api: Api,
+    ctx: Context,
 ) -> Result<(), ConnectorError> {
-    let sobject = api_name(input, "sobject")?;
+    let sobject = &*config.sobject;
     // Id and LastModifiedDate first (the position needs them), then the user's fields.
     let mut fields = vec!["Id".to_owned(), "LastModifiedDate".to_owned()];
-    for selected in field_list(input, "selectedFields")?.unwrap_or_default() {
-        if !fields.iter().any(|f| f.eq_ignore_ascii_case(&selected)) {
-            fields.push(selected);
+    for selected in &config.selected_fields.0 {
+        if !fields.iter().any(|f| f.eq_ignore_ascii_case(selected)) {
+            fields.push(selected.clone());
         }
     }
-    let max_records = positive_integer(input, "maxRecords", DEFAULT_MAX_RECORDS)?;
-    let mut position = Position::load(&input.snapshot, input.config_opt_str("startTime"))?;
+    let max_records = config.max_records.unwrap_or(DEFAULT_MAX_RECORDS);
+    let mut position = Position::load(&snapshot, config.start_time.as_deref())?;
     let soql = format!(
         "SELECT {} FROM {sobject} WHERE LastModifiedDate >= {} ORDER BY LastModifiedDate ASC",
         fields.join(", "),

@@ -1,6 +1,6 @@
-//! The connector API: the [`Connector`] trait, its execution [`Context`] and [`Event`]s, the
-//! [`Message`] it processes, and the [`Session`] that runs it — the same for every transport
-//! (AMQP runtime, local transport, `exec`).
+//! The connector API: the [`Connector`] trait, the [`Router`] of its functions, its execution
+//! [`Context`] and [`Event`]s, the [`Message`] it processes, and the [`Session`] that runs it —
+//! the same for every transport (AMQP runtime, local transport, `exec`).
 //!
 //! This crate is what the runtime builds on and what the `deckhand` facade re-exports as
 //! `deckhand::connector`; it also holds the broker-less [`transport`] (JSON lines and a
@@ -8,9 +8,10 @@
 //! `deckhand-runtime`), parse a command line (the `deckhand` crate), or refresh tokens itself
 //! (`deckhand-core`'s `TokenManager`, which a session drives).
 //!
-//! A connector names its triggers and actions ([`Connector::functions`]), says how its
-//! credential gets tokens ([`Connector::auth`]), verifies credentials, and processes messages.
-//! Functions emit events through the [`Context`]; returning `Err` emits an `error` event.
+//! A connector registers its triggers and actions as `async fn` handlers in a [`Router`]
+//! ([`Connector::router`]; see the [`router`] module for what a handler can take), says how
+//! its credential gets tokens ([`Connector::auth`]), and verifies credentials. Handlers emit
+//! events through the [`Context`]; returning `Err` emits an `error` event.
 //!
 //! # Example
 //! ```
@@ -23,26 +24,26 @@
 //!
 //! struct Echo;
 //!
+//! #[derive(serde::Deserialize)]
+//! struct EchoConfig {
+//!     greeting: String,
+//! }
+//!
+//! async fn echo(config: Config<EchoConfig>, message: Message, ctx: Context)
+//!     -> Result<(), ConnectorError> {
+//!     ctx.emit_data(Message::new(json!({"said": config.greeting, "got": message.body})))
+//!         .await?;
+//!     Ok(())
+//! }
+//!
 //! #[async_trait]
 //! impl Connector for Echo {
-//!     fn functions(&self) -> Vec<Function> {
-//!         vec![Function::action("echo")]
+//!     fn router(&self) -> Router<Self> {
+//!         Router::new().action("echo", echo)
 //!     }
 //!     async fn verify_credentials(&self, _: &Credentials, _: &VerifyContext)
 //!         -> Result<Verification, ConnectorError> {
 //!         Ok(Verification::Verified)
-//!     }
-//!     async fn process(&self, function: &str, input: Input, ctx: &Context)
-//!         -> Result<(), ConnectorError> {
-//!         match function {
-//!             "echo" => {
-//!                 let greeting = input.config_str("greeting")?;
-//!                 ctx.emit_data(Message::new(json!({"said": greeting, "got": input.message.body})))
-//!                     .await?;
-//!                 Ok(())
-//!             }
-//!             other => Err(ConnectorError::other(format!("no function {other}"))),
-//!         }
 //!     }
 //! }
 //!
@@ -64,7 +65,9 @@
 mod context;
 mod error;
 mod event;
+pub mod field;
 mod message;
+pub mod router;
 mod session;
 pub mod transport;
 
@@ -83,6 +86,7 @@ pub use event::{
     CollectingEmitter, EmitError, Emitter, ErrorInfo, ErrorPayload, Event, HttpReply, KeysNotice,
 };
 pub use message::{Message, message_from_json};
+pub use router::{Body, Call, Config, FromCall, Handler, HandlerFuture, Router, Snapshot};
 pub use session::{DiscardEmitter, Outcome, Session, SharedCredential, StepConfig};
 
 /// A trigger or action a connector handles, by its component.json name.
@@ -112,7 +116,8 @@ impl Function {
     }
 }
 
-/// What a function processes.
+/// The untyped input of a function: what a [`fallback`](Router::fallback) handler (or any
+/// handler taking an `Input` argument) gets, for functions only known at run time.
 ///
 /// `Debug` shows the names of the configuration fields, never their values: the configuration
 /// holds the credential's keys.
@@ -286,8 +291,11 @@ impl AuthSetup {
 /// An integration connector: triggers and actions over one credential.
 #[async_trait]
 pub trait Connector: Send + Sync + 'static {
-    /// Every trigger and action this connector handles, by its component.json name.
-    fn functions(&self) -> Vec<Function>;
+    /// The triggers and actions, each with its handler, by their component.json names. The
+    /// session builds it once.
+    fn router(&self) -> Router<Self>
+    where
+        Self: Sized;
 
     /// How `credentials` get access tokens, or `None` when they are used as they are (API
     /// keys, basic auth).
@@ -302,14 +310,6 @@ pub trait Connector: Send + Sync + 'static {
         credentials: &Credentials,
         ctx: &VerifyContext,
     ) -> Result<Verification, ConnectorError>;
-
-    /// Processes one message with the trigger or action named `function`.
-    async fn process(
-        &self,
-        function: &str,
-        input: Input,
-        ctx: &Context,
-    ) -> Result<(), ConnectorError>;
 
     /// Runs when a worker starts, before the first message.
     async fn init(&self, config: &Value) -> Result<(), ConnectorError> {

@@ -1,4 +1,5 @@
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -8,9 +9,10 @@ use serde_json::{Map, Value};
 use tracing::Instrument;
 
 use super::context::{ContextParts, KeysUpdater};
+use super::router::{Call, Router, StepInputs};
 use super::{
     AuthSetup, Connector, ConnectorError, Context, EmitError, Emitter, ErrorKind, ErrorPayload,
-    Event, Input, Message, Verification, VerifyContext,
+    Event, Message, Verification, VerifyContext,
 };
 use deckhand_core::auth::{
     AccountId, CredentialStore, HolderId, KeysSink, KeysUpdate, RefreshReason, TokenManager,
@@ -81,22 +83,33 @@ pub struct Outcome {
 /// every message, each with the emitter of that message.
 pub struct Session<C: Connector> {
     connector: Arc<C>,
-    fields: Map<String, Value>,
+    router: Router<C>,
+    step: Arc<StepInputs>,
     state: Arc<SessionKeys>,
     http: ClientWithMiddleware,
-    snapshot: Arc<Mutex<Value>>,
 }
 
 /// The credential as the session knows it: behind a token manager, or static keys.
-struct SessionKeys {
+pub(crate) struct SessionKeys {
     manager: Option<TokenManager>,
     static_credentials: Mutex<Option<Credentials>>,
     sink: Arc<dyn KeysSink>,
     generation: tokio::sync::Mutex<u64>,
+    /// Bumped whenever static keys change (typed configurations are read again then).
+    static_version: AtomicU64,
 }
 
 impl SessionKeys {
-    fn credentials(&self) -> Option<Credentials> {
+    /// Changes whenever the keys may have: the token manager's generation, or the count of
+    /// static key updates.
+    pub(crate) fn version(&self) -> u64 {
+        match &self.manager {
+            Some(m) => m.generation(),
+            None => self.static_version.load(Ordering::Acquire),
+        }
+    }
+
+    pub(crate) fn credentials(&self) -> Option<Credentials> {
         match &self.manager {
             Some(m) => Some(m.credentials()),
             None => self
@@ -154,6 +167,7 @@ impl KeysUpdater for SessionKeys {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = Some(merged);
                 *generation = update.generation;
+                self.static_version.fetch_add(1, Ordering::AcqRel);
                 Ok(())
             }
         }
@@ -215,21 +229,23 @@ impl<C: Connector> Session<C> {
             }
             _ => (None, reqwest_middleware::ClientBuilder::new(base).build()),
         };
-        Ok(Self {
-            connector,
-            fields: step.fields,
-            state: Arc::new(SessionKeys {
-                static_credentials: Mutex::new(if manager.is_some() {
-                    None
-                } else {
-                    step.credentials
-                }),
-                manager,
-                sink,
-                generation: tokio::sync::Mutex::new(0),
+        let state = Arc::new(SessionKeys {
+            static_credentials: Mutex::new(if manager.is_some() {
+                None
+            } else {
+                step.credentials
             }),
+            manager,
+            sink,
+            generation: tokio::sync::Mutex::new(0),
+            static_version: AtomicU64::new(0),
+        });
+        Ok(Self {
+            router: connector.router(),
+            connector,
+            step: Arc::new(StepInputs::new(step.fields, state.clone(), step.snapshot)),
+            state,
             http,
-            snapshot: Arc::new(Mutex::new(step.snapshot)),
         })
     }
 
@@ -294,19 +310,17 @@ impl<C: Connector> Session<C> {
     /// The configuration a function sees: the step's fields merged with the current keys of its
     /// credential, as elastic.io merges them.
     pub fn config(&self) -> Value {
-        let mut config = self.fields.clone();
-        if let Some(Value::Object(keys)) = self.credentials().map(|c| c.to_keys()) {
-            config.extend(keys);
-        }
-        Value::Object(config)
+        self.step.merged_config()
     }
 
     /// The current snapshot.
     pub fn snapshot(&self) -> Value {
-        self.snapshot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.step.snapshot()
+    }
+
+    /// The router of the connector's functions, built once for the session.
+    pub fn router(&self) -> &Router<C> {
+        &self.router
     }
 
     /// Verifies the step's credential.
@@ -321,8 +335,9 @@ impl<C: Connector> Session<C> {
 
     /// Runs `function` on `message`, sending its events to `emitter`, then `end`.
     ///
-    /// A function that returns `Err`, panics, or is not one of the connector's functions
-    /// produces an `error` event; the worker keeps going.
+    /// A handler that returns `Err` or panics, an argument that cannot be extracted (a
+    /// configuration that does not deserialise), and a function the router does not know all
+    /// produce an `error` event; the worker keeps going.
     pub async fn process(
         &self,
         function: &str,
@@ -341,36 +356,29 @@ impl<C: Connector> Session<C> {
             span: span.clone(),
             http: self.http.clone(),
             token_manager: self.state.manager.clone(),
-            snapshot: self.snapshot.clone(),
+            snapshot: self.step.snapshot.clone(),
             keys: self.state.clone(),
         });
-        let known = self
-            .connector
-            .functions()
-            .iter()
-            .any(|f| f.name == function);
-        let result = if known {
-            let input = Input {
-                message,
-                config: self.config(),
-                snapshot: self.snapshot(),
-            };
-            let run = self.connector.process(function, input, &ctx);
-            match AssertUnwindSafe(run.instrument(span.clone()))
-                .catch_unwind()
-                .await
-            {
-                Ok(result) => result,
-                Err(panic) => Err(ConnectorError::new(
-                    ErrorKind::Panic,
-                    format!("the function panicked: {}", panic_message(&panic)),
-                )),
+        let result = match self.router.handler(function) {
+            Ok(handler) => {
+                let run = handler(Call {
+                    connector: self.connector.clone(),
+                    ctx: ctx.clone(),
+                    message: Some(message),
+                    step: self.step.clone(),
+                });
+                match AssertUnwindSafe(run.instrument(span.clone()))
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(result) => result,
+                    Err(panic) => Err(ConnectorError::new(
+                        ErrorKind::Panic,
+                        format!("the function panicked: {}", panic_message(&panic)),
+                    )),
+                }
             }
-        } else {
-            Err(ConnectorError::new(
-                ErrorKind::UnknownFunction,
-                format!("this component has no trigger or action named `{function}`"),
-            ))
+            Err(unknown) => Err(unknown),
         };
         if let Err(err) = result {
             span.in_scope(|| tracing::warn!(error = %err, "function failed"));
@@ -401,7 +409,8 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 impl<C: Connector> std::fmt::Debug for Session<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
-            .field("fields", &self.fields.keys().collect::<Vec<_>>())
+            .field("fields", &self.step.fields.keys().collect::<Vec<_>>())
+            .field("router", &self.router)
             .field("credentials", &self.credentials())
             .finish()
     }

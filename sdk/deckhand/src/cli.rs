@@ -1,8 +1,10 @@
 //! The entry point of a connector binary: `deckhand::main(MyConnector, include_str!(…))`.
 //!
 //! Subcommands:
-//! * `validate` — the embedded component.json, plus the cross-check that every trigger and
-//!   action it declares has a handler and every handler is declared.
+//! * `validate` — the embedded component.json, plus the cross-check of the connector's
+//!   [`Router`](crate::connector::Router) against it: a declared function without a handler
+//!   and a handler without a declaration are both errors (exit 1); see
+//!   [`cross_check`](crate::connector::router::cross_check).
 //! * `verify --credentials FILE` — prints `{"verified": …}`; exit 0 verified, 1 not verified,
 //!   2 error.
 //! * `exec FUNCTION --credentials FILE [--message FILE|-] [--config FILE] [--snapshot FILE]` —
@@ -19,7 +21,7 @@ use serde_json::{Map, Value};
 
 use crate::auth::{KeysSink, MemorySink};
 pub use crate::connector::message_from_json;
-use crate::connector::{Connector, FunctionKind, Message, Session, StepConfig, Verification};
+use crate::connector::{Connector, Message, Session, StepConfig, Verification};
 use crate::credentials::{Credentials, CredentialsFile};
 use crate::runtime::worker::StepData;
 pub use crate::runtime::worker::{
@@ -97,9 +99,8 @@ struct RunArgs {
 /// # struct MyConnector;
 /// # #[async_trait::async_trait]
 /// # impl Connector for MyConnector {
-/// #     fn functions(&self) -> Vec<Function> { vec![] }
+/// #     fn router(&self) -> Router<Self> { Router::new() }
 /// #     async fn verify_credentials(&self, _: &deckhand::credentials::Credentials, _: &VerifyContext) -> Result<Verification, ConnectorError> { Ok(Verification::Verified) }
-/// #     async fn process(&self, _: &str, _: Input, _: &Context) -> Result<(), ConnectorError> { Ok(()) }
 /// # }
 /// fn main() -> std::process::ExitCode {
 ///     deckhand::main(MyConnector, r#"{"title": "My connector"}"#)
@@ -176,59 +177,6 @@ fn usage_error(message: impl std::fmt::Display) -> u8 {
     EXIT_USAGE
 }
 
-/// The differences between the functions a descriptor declares and those a connector handles,
-/// as messages (empty when they match).
-pub fn cross_check(connector: &dyn ConnectorFunctions, descriptor: &Value) -> Vec<String> {
-    let mut problems = Vec::new();
-    let handled = connector.function_list();
-    for (section, kind) in [
-        ("triggers", FunctionKind::Trigger),
-        ("actions", FunctionKind::Action),
-    ] {
-        let declared = descriptor
-            .get(section)
-            .and_then(Value::as_object)
-            .map(|m| m.keys().cloned().collect::<Vec<_>>())
-            .unwrap_or_default();
-        for name in &declared {
-            match handled.iter().find(|(_, n)| n == name) {
-                None => problems.push(format!(
-                    "/{section}/{name}: declared in component.json but the connector has no handler for it"
-                )),
-                Some((k, _)) if *k != kind => problems.push(format!(
-                    "/{section}/{name}: declared under `{section}` but the connector registers it as {}",
-                    if *k == FunctionKind::Trigger { "a trigger" } else { "an action" }
-                )),
-                Some(_) => {}
-            }
-        }
-        for (k, name) in handled.iter().filter(|(k, _)| *k == kind) {
-            if !declared.contains(name) {
-                problems.push(format!(
-                    "/{section}: the connector handles {} `{name}` that component.json does not declare",
-                    if *k == FunctionKind::Trigger { "trigger" } else { "action" }
-                ));
-            }
-        }
-    }
-    problems
-}
-
-/// The functions of a connector, object-safe (for [`cross_check`]).
-pub trait ConnectorFunctions {
-    /// `(kind, name)` of every function.
-    fn function_list(&self) -> Vec<(FunctionKind, String)>;
-}
-
-impl<C: Connector> ConnectorFunctions for C {
-    fn function_list(&self) -> Vec<(FunctionKind, String)> {
-        self.functions()
-            .into_iter()
-            .map(|f| (f.kind, f.name.to_owned()))
-            .collect()
-    }
-}
-
 fn validate<C: Connector>(connector: &C, component_json: &str) -> u8 {
     let file = Path::new("component.json");
     let report = crate::component::validate_str(component_json, file, &Default::default());
@@ -238,14 +186,20 @@ fn validate<C: Connector>(connector: &C, component_json: &str) -> u8 {
         // The report above already gives the parser's line and column.
         Err(_) => return EXIT_FAILURE,
     };
-    let problems = cross_check(connector, &descriptor);
+    let router = connector.router();
+    let problems = crate::connector::router::cross_check(&router, &descriptor);
     for p in &problems {
         println!("component.json: error: {p}");
     }
     if problems.is_empty() && !report.has_errors() {
         println!(
-            "component.json: ok ({} warning(s)); every trigger and action has a handler",
-            report.warnings().count()
+            "component.json: ok ({} warning(s)); every trigger and action has a handler{}",
+            report.warnings().count(),
+            if router.has_fallback() {
+                " (those without their own go to the fallback handler)"
+            } else {
+                ""
+            }
         );
         EXIT_OK
     } else {

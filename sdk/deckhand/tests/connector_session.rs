@@ -12,14 +12,13 @@ struct Probe;
 
 #[async_trait]
 impl Connector for Probe {
-    fn functions(&self) -> Vec<Function> {
-        vec![
-            Function::action("config"),
-            Function::action("panics"),
-            Function::action("fails"),
-            Function::action("rotate"),
-            Function::trigger("poll"),
-        ]
+    fn router(&self) -> Router<Self> {
+        Router::new()
+            .action("config", dispatch)
+            .action("panics", dispatch)
+            .action("fails", dispatch)
+            .action("rotate", dispatch)
+            .trigger("poll", dispatch)
     }
 
     async fn verify_credentials(
@@ -31,7 +30,14 @@ impl Connector for Probe {
             reason: "no".into(),
         })
     }
+}
 
+/// Every function of this test connector, dispatched on its name (the router's names).
+async fn dispatch(connector: Arc<Probe>, input: Input, ctx: Context) -> Result<(), ConnectorError> {
+    connector.process(ctx.function(), input, &ctx).await
+}
+
+impl Probe {
     async fn process(
         &self,
         function: &str,

@@ -66,11 +66,10 @@ struct Rotating {
 
 #[async_trait]
 impl Connector for Rotating {
-    fn functions(&self) -> Vec<Function> {
-        vec![
-            Function::action("call_then_emit_stale"),
-            Function::action("emit_field"),
-        ]
+    fn router(&self) -> Router<Self> {
+        Router::new()
+            .action("call_then_emit_stale", dispatch)
+            .action("emit_field", dispatch)
     }
 
     fn auth(&self, _: &Credentials) -> Result<Option<AuthSetup>, ConnectorError> {
@@ -88,7 +87,18 @@ impl Connector for Rotating {
     ) -> Result<Verification, ConnectorError> {
         Ok(Verification::Verified)
     }
+}
 
+/// Every function of this test connector, dispatched on its name (the router's names).
+async fn dispatch(
+    connector: Arc<Rotating>,
+    input: Input,
+    ctx: Context,
+) -> Result<(), ConnectorError> {
+    connector.process(ctx.function(), input, &ctx).await
+}
+
+impl Rotating {
     async fn process(
         &self,
         function: &str,

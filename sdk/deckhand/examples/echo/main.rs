@@ -7,18 +7,41 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use deckhand::connector::field::{self, Lenient};
 use deckhand::connector::{
-    Connector, ConnectorError, Context, Function, Input, Message, Verification, VerifyContext,
+    Config, Connector, ConnectorError, Context, Message, Router, Verification, VerifyContext,
 };
 use deckhand::credentials::Credentials;
-use serde_json::Value;
+use serde::Deserialize;
 
 struct Echo;
 
+/// The step's configuration.
+#[derive(Deserialize)]
+struct Passthrough {
+    /// Waits this long before emitting (a `TextFieldView`, so maybe a string).
+    #[serde(rename = "delayMs", default, deserialize_with = "field::optional")]
+    delay_ms: Option<Lenient<u64>>,
+}
+
+async fn passthrough(
+    config: Config<Passthrough>,
+    message: Message,
+    ctx: Context,
+) -> Result<(), ConnectorError> {
+    if let Some(Lenient(ms)) = config.delay_ms {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let mut out = Message::new(message.body);
+    out.attachments = message.attachments;
+    ctx.emit_data(out).await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Connector for Echo {
-    fn functions(&self) -> Vec<Function> {
-        vec![Function::action("passthrough")]
+    fn router(&self) -> Router<Self> {
+        Router::new().action("passthrough", passthrough)
     }
 
     async fn verify_credentials(
@@ -27,21 +50,6 @@ impl Connector for Echo {
         _: &VerifyContext,
     ) -> Result<Verification, ConnectorError> {
         Ok(Verification::Verified)
-    }
-
-    async fn process(&self, _: &str, input: Input, ctx: &Context) -> Result<(), ConnectorError> {
-        let delay = match input.config.get("delayMs") {
-            Some(Value::Number(n)) => n.as_u64(),
-            Some(Value::String(s)) => s.parse().ok(),
-            _ => None,
-        };
-        if let Some(ms) = delay {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-        }
-        let mut out = Message::new(input.message.body);
-        out.attachments = input.message.attachments;
-        ctx.emit_data(out).await?;
-        Ok(())
     }
 }
 

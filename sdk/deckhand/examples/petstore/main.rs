@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use async_trait::async_trait;
 use deckhand::auth::{Grant, Strategy, TokenEndpoint};
 use deckhand::connector::{
-    AuthSetup, Connector, ConnectorError, Context, ErrorKind, ErrorPayload, Function, Input,
-    Message, Verification, VerifyContext,
+    AuthSetup, Config, Connector, ConnectorError, Context, ErrorKind, ErrorPayload, Message,
+    Router, Snapshot, Verification, VerifyContext,
 };
 use deckhand::credentials::Credentials;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 struct Petstore;
@@ -24,10 +25,75 @@ fn field<'a>(credentials: &'a Credentials, name: &str) -> Result<&'a str, Connec
     })
 }
 
+/// What every function reads from the step (here a credential field).
+#[derive(Deserialize)]
+struct Api {
+    #[serde(rename = "apiBase")]
+    base: String,
+}
+
+/// `newPets`' snapshot: the highest id emitted so far.
+#[derive(Deserialize)]
+struct Position {
+    #[serde(rename = "lastId", default)]
+    last_id: u64,
+}
+
+async fn get_pets(api: Config<Api>, message: Message, ctx: Context) -> Result<(), ConnectorError> {
+    let ids = message
+        .body
+        .get("ids")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for id in ids {
+        let url = format!("{}/pets/{id}", api.base);
+        let response = ctx.http().get(url).send().await?;
+        if response.status() == 404 {
+            ctx.emit_error(ErrorPayload {
+                name: "NotFound".into(),
+                message: format!("pet {id} does not exist"),
+                stack: String::new(),
+            })
+            .await?;
+            continue;
+        }
+        let pet: Value = response.error_for_status()?.json().await?;
+        ctx.emit_data(Message::new(pet)).await?;
+    }
+    Ok(())
+}
+
+async fn new_pets(
+    api: Config<Api>,
+    Snapshot(position): Snapshot<Position>,
+    ctx: Context,
+) -> Result<(), ConnectorError> {
+    let since = position.last_id;
+    let pets: Vec<Value> = ctx
+        .http()
+        .get(format!("{}/pets", api.base))
+        .query(&[("since", since)])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let mut last = since;
+    for pet in pets {
+        last = last.max(pet.get("id").and_then(Value::as_u64).unwrap_or(last));
+        ctx.emit_data(Message::new(pet)).await?;
+    }
+    ctx.emit_snapshot(json!({ "lastId": last })).await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Connector for Petstore {
-    fn functions(&self) -> Vec<Function> {
-        vec![Function::trigger("newPets"), Function::action("getPets")]
+    fn router(&self) -> Router<Self> {
+        Router::new()
+            .trigger("newPets", new_pets)
+            .action("getPets", get_pets)
     }
 
     fn auth(&self, credentials: &Credentials) -> Result<Option<AuthSetup>, ConnectorError> {
@@ -58,68 +124,6 @@ impl Connector for Petstore {
                 reason: format!("the API answered {status}"),
             }
         })
-    }
-
-    async fn process(
-        &self,
-        function: &str,
-        input: Input,
-        ctx: &Context,
-    ) -> Result<(), ConnectorError> {
-        let base = input.config_str("apiBase")?.to_owned();
-        match function {
-            "getPets" => {
-                let ids = input
-                    .message
-                    .body
-                    .get("ids")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                for id in ids {
-                    let response = ctx.http().get(format!("{base}/pets/{id}")).send().await?;
-                    if response.status() == 404 {
-                        ctx.emit_error(ErrorPayload {
-                            name: "NotFound".into(),
-                            message: format!("pet {id} does not exist"),
-                            stack: String::new(),
-                        })
-                        .await?;
-                        continue;
-                    }
-                    let pet: Value = response.error_for_status()?.json().await?;
-                    ctx.emit_data(Message::new(pet)).await?;
-                }
-                Ok(())
-            }
-            "newPets" => {
-                let since = input
-                    .snapshot
-                    .get("lastId")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
-                let pets: Vec<Value> = ctx
-                    .http()
-                    .get(format!("{base}/pets"))
-                    .query(&[("since", since)])
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json()
-                    .await?;
-                let mut last = since;
-                for pet in pets {
-                    last = last.max(pet.get("id").and_then(Value::as_u64).unwrap_or(last));
-                    ctx.emit_data(Message::new(pet)).await?;
-                }
-                ctx.emit_snapshot(json!({ "lastId": last })).await?;
-                Ok(())
-            }
-            other => Err(ConnectorError::new(
-                ErrorKind::UnknownFunction,
-                other.to_owned(),
-            )),
-        }
     }
 }
 
