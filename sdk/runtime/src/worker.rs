@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::amqp::{Outcome, Publisher, Transport, TransportOptions};
-use super::config::{LaunchConfig, RuntimeConfig, StepSource};
+use super::config::{LaunchConfig, RuntimeConfig, StepSource, UpdateKeysMode};
 use super::dedup::{Admission, Deduplicator, Ticket};
 use super::protocol::{
     ErrorInfo, Incoming, Message, Outgoing, OutgoingContext, PublicationKind, StepFlags,
@@ -563,19 +563,16 @@ impl<C: Connector> Worker<C> {
             .account_id
             .as_deref()
             .and_then(|account| ApiKeysSink::new(&cfg.step_source, account, cfg.api_retry));
-        let sink: Arc<dyn KeysSink> = match (
-            std::env::var("DECKHAND_UPDATE_KEYS").as_deref(),
-            api_sink,
-        ) {
-            (Ok("api"), Some(api)) => Arc::new(api),
-            (Ok("both"), Some(api)) => Arc::new(BothSinks(amqp_sink, api)),
-            (Ok("api" | "both"), None) => {
+        let sink: Arc<dyn KeysSink> = match (cfg.update_keys, api_sink) {
+            (UpdateKeysMode::Amqp, _) => Arc::new(amqp_sink),
+            (UpdateKeysMode::Api, Some(api)) => Arc::new(api),
+            (UpdateKeysMode::Both, Some(api)) => Arc::new(BothSinks(amqp_sink, api)),
+            (UpdateKeysMode::Api | UpdateKeysMode::Both, None) => {
                 return Err(StartError::Step(
                     "DECKHAND_UPDATE_KEYS=api needs ELASTICIO_API_URI and an `_account` in the step config"
                         .into(),
                 ));
             }
-            _ => Arc::new(amqp_sink),
         };
         let (step_config, shared, relay) = match &cfg.credential_store {
             Some(settings) => {
@@ -682,11 +679,7 @@ impl<C: Connector> Worker<C> {
             }
             while in_flight.try_join_next().is_some() {}
         }
-        let grace = std::env::var("DECKHAND_SHUTDOWN_TIMEOUT_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .map(Duration::from_secs)
-            .unwrap_or(Duration::from_secs(30));
+        let grace = self.cfg.shutdown_timeout;
         let shutdown_started = tokio::time::Instant::now();
         let drained = tokio::time::timeout(grace, async {
             while in_flight.join_next().await.is_some() {}
