@@ -39,6 +39,7 @@ use super::protocol::{
     ErrorInfo, Incoming, Message, Outgoing, OutgoingContext, PublicationKind, StepFlags,
     startup_error_publication,
 };
+use deckhand_component::ComponentDescriptor;
 use deckhand_connector::{Connector, EmitError, Emitter, Event, Session, StepConfig};
 use deckhand_core::auth::{KeysSink, KeysUpdate, SinkError};
 use deckhand_core::credentials::Credentials;
@@ -50,31 +51,6 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit status: usage or I/O error.
 pub const EXIT_USAGE: u8 = 2;
-
-/// The name of the credential field holding OAuth2 tokens (`viewClass` `OAuthFieldView` or
-/// `HTTPAuthView`), if the descriptor declares one.
-pub fn oauth_field(descriptor: &Value) -> Option<String> {
-    descriptor
-        .pointer("/credentials/fields")?
-        .as_object()?
-        .iter()
-        .find(|(_, field)| {
-            matches!(
-                field.get("viewClass").and_then(Value::as_str),
-                Some("OAuthFieldView" | "HTTPAuthView")
-            )
-        })
-        .map(|(name, _)| name.clone())
-}
-
-/// The names of the credential fields a descriptor declares.
-pub fn credential_fields(descriptor: &Value) -> Vec<String> {
-    descriptor
-        .pointer("/credentials/fields")
-        .and_then(Value::as_object)
-        .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default()
-}
 
 /// The step definition, as `GET /v1/tasks/{flow}/steps/{step}` returns it (or the step file).
 ///
@@ -188,14 +164,17 @@ pub async fn load_step(source: &StepSource, cfg: &RuntimeConfig) -> Result<StepD
 
 /// Splits a step's merged config into fields and the credential (with its token under the
 /// descriptor's OAuth field).
-pub fn step_config(step: &StepData, descriptor: &Value) -> Result<StepConfig, StartError> {
-    let fields = credential_fields(descriptor);
+pub fn step_config(
+    step: &StepData,
+    descriptor: &ComponentDescriptor,
+) -> Result<StepConfig, StartError> {
+    let fields = descriptor.credential_fields();
     let mut config =
         StepConfig::from_merged_config(step.config.clone(), &fields, step.snapshot.clone())
             .map_err(|e| StartError::Credentials(e.to_string()))?;
-    if let (Some(field), Some(creds)) = (oauth_field(descriptor), &config.credentials) {
+    if let (Some(field), Some(creds)) = (descriptor.oauth_field(), &config.credentials) {
         config.credentials = Some(
-            Credentials::with_token_field(creds.to_keys(), &field)
+            Credentials::with_token_field(creds.to_keys(), field)
                 .map_err(|e| StartError::Credentials(e.to_string()))?,
         );
     }
@@ -438,7 +417,13 @@ pub async fn run_worker<C: Connector>(connector: Arc<C>, component_json: &str) -
             return EXIT_USAGE;
         }
     };
-    let descriptor: Value = serde_json::from_str(component_json).unwrap_or(Value::Null);
+    let descriptor = match ComponentDescriptor::from_json(component_json) {
+        Ok(descriptor) => descriptor,
+        Err(e) => {
+            eprintln!("error: the connector's component.json is not a valid descriptor: {e}");
+            return EXIT_USAGE;
+        }
+    };
     match launch {
         LaunchConfig::ShutdownHook(cfg) => shutdown_hook(connector, &cfg).await,
         LaunchConfig::Worker(cfg) => {
@@ -529,7 +514,7 @@ impl<C: Connector> Worker<C> {
     pub async fn start(
         connector: Arc<C>,
         cfg: Arc<RuntimeConfig>,
-        descriptor: &Value,
+        descriptor: &ComponentDescriptor,
     ) -> Result<Self, StartError> {
         let options = TransportOptions::from_config(&cfg);
         Self::start_with(connector, cfg, descriptor, options).await
@@ -539,7 +524,7 @@ impl<C: Connector> Worker<C> {
     pub async fn start_with(
         connector: Arc<C>,
         cfg: Arc<RuntimeConfig>,
-        descriptor: &Value,
+        descriptor: &ComponentDescriptor,
         options: TransportOptions,
     ) -> Result<Self, StartError> {
         for notice in &cfg.notices {
