@@ -79,9 +79,9 @@ use deckhand_core::credentials::Credentials;
 pub use context::Context;
 pub use deckhand_component::FunctionKind;
 pub use error::ConnectorError;
-pub use event::{
-    CollectingEmitter, EmitError, Emitter, ErrorInfo, ErrorPayload, Event, HttpReply, KeysNotice,
-};
+#[cfg(any(test, feature = "testing"))]
+pub use event::CollectingEmitter;
+pub use event::{EmitError, Emitter, ErrorInfo, ErrorPayload, Event, HttpReply, KeysNotice};
 pub use message::{Message, message_from_json};
 pub use session::{DiscardEmitter, Outcome, Session, SharedCredential, StepConfig};
 

@@ -925,7 +925,7 @@ impl Consumer {
 
 /// How a processed delivery is settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
+pub enum Settlement {
     /// `basic.ack`: processed, all publishes confirmed, no error emitted.
     Ack,
     /// `basic.reject(requeue=false)`: an error was emitted or the input was unusable.
@@ -1004,21 +1004,21 @@ impl Delivery {
 
     /// Acknowledges the delivery.
     pub async fn ack(&self) -> Result<(), SettleError> {
-        self.settle(Outcome::Ack).await
+        self.settle(Settlement::Ack).await
     }
 
     /// Rejects the delivery without requeue (dead-lettered if the queue has a DLX).
     pub async fn reject(&self) -> Result<(), SettleError> {
-        self.settle(Outcome::Reject).await
+        self.settle(Settlement::Reject).await
     }
 
     /// Acks or rejects.
-    pub async fn settle(&self, outcome: Outcome) -> Result<(), SettleError> {
+    pub async fn settle(&self, outcome: Settlement) -> Result<(), SettleError> {
         match &self.settler {
             Settler::Lapin { acker, .. } => {
                 let result = match outcome {
-                    Outcome::Ack => acker.ack(BasicAckOptions::default()).await,
-                    Outcome::Reject => acker.reject(BasicRejectOptions { requeue: false }).await,
+                    Settlement::Ack => acker.ack(BasicAckOptions::default()).await,
+                    Settlement::Reject => acker.reject(BasicRejectOptions { requeue: false }).await,
                 };
                 match result {
                     Ok(true) => Ok(()),
@@ -1043,13 +1043,13 @@ pub(crate) mod test_support {
     /// Records settlements; `dead` makes them fail like a closed channel.
     #[derive(Clone, Default)]
     pub(crate) struct Recorder {
-        pub(crate) log: Arc<StdMutex<Vec<(u64, Outcome)>>>,
+        pub(crate) log: Arc<StdMutex<Vec<(u64, Settlement)>>>,
         pub(crate) dead: Arc<AtomicBool>,
         settled: Arc<AtomicBool>,
     }
 
     impl Recorder {
-        pub(crate) fn settle(&self, tag: u64, outcome: Outcome) -> Result<(), SettleError> {
+        pub(crate) fn settle(&self, tag: u64, outcome: Settlement) -> Result<(), SettleError> {
             if self.dead.load(Ordering::SeqCst) {
                 return Err(SettleError::ChannelClosed);
             }
@@ -1069,7 +1069,7 @@ pub(crate) mod test_support {
         tag: u64,
         message_id: Option<&str>,
         redelivered: bool,
-        log: &Arc<StdMutex<Vec<(u64, Outcome)>>>,
+        log: &Arc<StdMutex<Vec<(u64, Settlement)>>>,
         dead: bool,
     ) -> Delivery {
         delivery_with_body(tag, message_id, b"body", redelivered, log, dead)
@@ -1081,7 +1081,7 @@ pub(crate) mod test_support {
         message_id: Option<&str>,
         body: &[u8],
         redelivered: bool,
-        log: &Arc<StdMutex<Vec<(u64, Outcome)>>>,
+        log: &Arc<StdMutex<Vec<(u64, Settlement)>>>,
         dead: bool,
     ) -> Delivery {
         let mut headers = FieldTable::default();

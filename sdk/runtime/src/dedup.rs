@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
-use crate::amqp::{Delivery, Outcome, SettleError};
+use crate::amqp::{Delivery, SettleError, Settlement};
 
 /// Completed messages remembered by default.
 pub const DEFAULT_CAPACITY: usize = 10_000;
@@ -54,7 +54,7 @@ pub enum Admission {
     Duplicate,
     /// A redelivered copy of a message already completed; it was settled with the remembered
     /// outcome (the result of that settlement is included).
-    AlreadyProcessed(Outcome, Result<(), SettleError>),
+    AlreadyProcessed(Settlement, Result<(), SettleError>),
 }
 
 /// Identity of a message: SHA-256 of its `messageId` and body, truncated to 128 bits.
@@ -106,7 +106,7 @@ struct Running {
 #[derive(Default)]
 struct State {
     running: HashMap<Fingerprint, Running>,
-    completed: HashMap<Fingerprint, (Outcome, Instant)>,
+    completed: HashMap<Fingerprint, (Settlement, Instant)>,
     order: VecDeque<(Fingerprint, Instant)>,
 }
 
@@ -200,7 +200,7 @@ impl Deduplicator {
     /// — and every redelivered copy that arrived meanwhile, and remembers it so that a later
     /// redelivery (after a lost ack) is settled without running again. Returns `Ok` if at
     /// least one of them reached the broker, else the original's error.
-    pub async fn finish(&self, ticket: Ticket, outcome: Outcome) -> Result<(), SettleError> {
+    pub async fn finish(&self, ticket: Ticket, outcome: Settlement) -> Result<(), SettleError> {
         self.settle(ticket, outcome, true).await
     }
 
@@ -209,7 +209,7 @@ impl Deduplicator {
     pub async fn finish_unconfirmed(
         &self,
         ticket: Ticket,
-        outcome: Outcome,
+        outcome: Settlement,
     ) -> Result<(), SettleError> {
         self.settle(ticket, outcome, false).await
     }
@@ -217,7 +217,7 @@ impl Deduplicator {
     async fn settle(
         &self,
         ticket: Ticket,
-        outcome: Outcome,
+        outcome: Settlement,
         confirmed: bool,
     ) -> Result<(), SettleError> {
         let copies = match ticket.fingerprint {
@@ -263,7 +263,7 @@ impl Deduplicator {
         self.lock().completed.len()
     }
 
-    fn remember(&self, state: &mut State, fingerprint: Fingerprint, outcome: Outcome) {
+    fn remember(&self, state: &mut State, fingerprint: Fingerprint, outcome: Settlement) {
         let now = Instant::now();
         while let Some(&(oldest, at)) = state.order.front() {
             let full =
@@ -288,13 +288,13 @@ mod tests {
     use crate::amqp::test_support::{delivery, delivery_with_body};
     use std::sync::{Arc, Mutex as StdMutex};
 
-    type Log = Arc<StdMutex<Vec<(u64, Outcome)>>>;
+    type Log = Arc<StdMutex<Vec<(u64, Settlement)>>>;
 
     fn log() -> Log {
         Arc::default()
     }
 
-    fn entries(log: &Log) -> Vec<(u64, Outcome)> {
+    fn entries(log: &Log) -> Vec<(u64, Settlement)> {
         log.lock().unwrap().clone()
     }
 
@@ -308,9 +308,9 @@ mod tests {
         };
         assert_eq!(t.message_id(), Some("a"));
         assert_eq!(dedup.in_flight(), 1);
-        dedup.finish(t, Outcome::Ack).await.unwrap();
+        dedup.finish(t, Settlement::Ack).await.unwrap();
         assert_eq!(dedup.in_flight(), 0);
-        assert_eq!(entries(&l), vec![(1, Outcome::Ack)]);
+        assert_eq!(entries(&l), vec![(1, Settlement::Ack)]);
     }
 
     #[tokio::test]
@@ -327,8 +327,8 @@ mod tests {
             dedup.admit(delivery(7, Some("a"), true, &l, false)).await,
             Admission::Duplicate
         ));
-        dedup.finish(t, Outcome::Reject).await.unwrap();
-        assert_eq!(entries(&l), vec![(7, Outcome::Reject)]);
+        dedup.finish(t, Settlement::Reject).await.unwrap();
+        assert_eq!(entries(&l), vec![(7, Settlement::Reject)]);
         assert_eq!(dedup.in_flight(), 0);
     }
 
@@ -341,18 +341,18 @@ mod tests {
             panic!("must process");
         };
         assert_eq!(
-            dedup.finish(t, Outcome::Ack).await,
+            dedup.finish(t, Settlement::Ack).await,
             Err(SettleError::ChannelClosed)
         );
         match dedup.admit(delivery(3, Some("a"), true, &l, false)).await {
-            Admission::AlreadyProcessed(Outcome::Ack, Ok(())) => {}
+            Admission::AlreadyProcessed(Settlement::Ack, Ok(())) => {}
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(entries(&l), vec![(3, Outcome::Ack)]);
+        assert_eq!(entries(&l), vec![(3, Settlement::Ack)]);
         // A later redelivery (its ack lost again) is recognised too.
         assert!(matches!(
             dedup.admit(delivery(4, Some("a"), true, &l, false)).await,
-            Admission::AlreadyProcessed(Outcome::Ack, Ok(()))
+            Admission::AlreadyProcessed(Settlement::Ack, Ok(()))
         ));
         // A fresh publish with the same id and content (a rebound) runs.
         assert!(matches!(
@@ -370,7 +370,7 @@ mod tests {
         else {
             panic!("must process");
         };
-        let _ = dedup.finish(t, Outcome::Ack).await;
+        let _ = dedup.finish(t, Settlement::Ack).await;
         assert!(matches!(
             dedup.admit(delivery(2, Some("a"), false, &l, false)).await,
             Admission::Process(_)
@@ -399,12 +399,16 @@ mod tests {
         let Admission::Process(third) = third else {
             panic!("a redelivery of unseen content must be processed");
         };
-        dedup.finish(first, Outcome::Ack).await.unwrap();
-        dedup.finish(second, Outcome::Ack).await.unwrap();
-        dedup.finish(third, Outcome::Ack).await.unwrap();
+        dedup.finish(first, Settlement::Ack).await.unwrap();
+        dedup.finish(second, Settlement::Ack).await.unwrap();
+        dedup.finish(third, Settlement::Ack).await.unwrap();
         assert_eq!(
             entries(&l),
-            vec![(1, Outcome::Ack), (2, Outcome::Ack), (3, Outcome::Ack)]
+            vec![
+                (1, Settlement::Ack),
+                (2, Settlement::Ack),
+                (3, Settlement::Ack)
+            ]
         );
     }
 
@@ -419,12 +423,15 @@ mod tests {
             panic!("must process");
         };
         // From the client's side the ack went out fine.
-        dedup.finish(t, Outcome::Ack).await.unwrap();
+        dedup.finish(t, Settlement::Ack).await.unwrap();
         match dedup.admit(delivery(2, Some("a"), true, &l, false)).await {
-            Admission::AlreadyProcessed(Outcome::Ack, Ok(())) => {}
+            Admission::AlreadyProcessed(Settlement::Ack, Ok(())) => {}
             other => panic!("the redelivered copy ran again: {other:?}"),
         }
-        assert_eq!(entries(&l), vec![(1, Outcome::Ack), (2, Outcome::Ack)]);
+        assert_eq!(
+            entries(&l),
+            vec![(1, Settlement::Ack), (2, Settlement::Ack)]
+        );
     }
 
     #[tokio::test]
@@ -437,9 +444,12 @@ mod tests {
             panic!("both must be processed");
         };
         assert_eq!(a.message_id(), None);
-        dedup.finish(a, Outcome::Ack).await.unwrap();
-        dedup.finish(b, Outcome::Reject).await.unwrap();
-        assert_eq!(entries(&l), vec![(1, Outcome::Ack), (2, Outcome::Reject)]);
+        dedup.finish(a, Settlement::Ack).await.unwrap();
+        dedup.finish(b, Settlement::Reject).await.unwrap();
+        assert_eq!(
+            entries(&l),
+            vec![(1, Settlement::Ack), (2, Settlement::Reject)]
+        );
     }
 
     #[tokio::test]
@@ -451,7 +461,7 @@ mod tests {
             else {
                 panic!("must process");
             };
-            let _ = dedup.finish(t, Outcome::Ack).await;
+            let _ = dedup.finish(t, Settlement::Ack).await;
         }
         // "a" was evicted, "b" and "c" are remembered.
         assert!(matches!(
@@ -460,7 +470,7 @@ mod tests {
         ));
         assert!(matches!(
             dedup.admit(delivery(11, Some("c"), true, &l, false)).await,
-            Admission::AlreadyProcessed(Outcome::Ack, Ok(()))
+            Admission::AlreadyProcessed(Settlement::Ack, Ok(()))
         ));
     }
 
@@ -472,7 +482,7 @@ mod tests {
         else {
             panic!("must process");
         };
-        let _ = dedup.finish(t, Outcome::Ack).await;
+        let _ = dedup.finish(t, Settlement::Ack).await;
         std::thread::sleep(Duration::from_millis(2));
         assert!(matches!(
             dedup.admit(delivery(2, Some("a"), true, &l, false)).await,

@@ -32,7 +32,7 @@ use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use super::amqp::{Outcome, Publisher, Transport, TransportOptions};
+use super::amqp::{Publisher, Settlement, Transport, TransportOptions};
 use super::config::{LaunchConfig, RuntimeConfig, StepSource, UpdateKeysMode};
 use super::dedup::{Admission, Deduplicator, Ticket};
 use super::protocol::{
@@ -871,7 +871,7 @@ impl<C: Connector> Job<C> {
     }
 
     /// The outcome, and whether every publish of the processing was confirmed.
-    async fn process(&self, incoming: Incoming) -> (Outcome, bool) {
+    async fn process(&self, incoming: Incoming) -> (Settlement, bool) {
         let decoded = incoming.decode(&self.cfg.cipher, self.cfg.input_format);
         let (message, decode_error) = match decoded {
             Ok(message) => (message, None),
@@ -895,9 +895,9 @@ impl<C: Connector> Job<C> {
             };
             if let Err(e) = emitter.publish(Outgoing::Error(error)).await {
                 tracing::error!(error = %e, "could not publish the error event");
-                return (Outcome::Reject, false);
+                return (Settlement::Reject, false);
             }
-            return (Outcome::Reject, true);
+            return (Settlement::Reject, true);
         }
         let outcome = self
             .session
@@ -905,12 +905,12 @@ impl<C: Connector> Job<C> {
             .await;
         if emitter.publish_failed.load(Ordering::SeqCst) {
             tracing::error!("a publish failed after its retries; rejecting the input message");
-            return (Outcome::Reject, false);
+            return (Settlement::Reject, false);
         }
         if outcome.errors > 0 || emitter.errors_published.load(Ordering::SeqCst) > 0 {
-            (Outcome::Reject, true)
+            (Settlement::Reject, true)
         } else {
-            (Outcome::Ack, true)
+            (Settlement::Ack, true)
         }
     }
 }

@@ -320,7 +320,7 @@ impl TokenManagerBuilder {
         self
     }
 
-    /// Sets the clock (tests use [`ManualClock`](super::ManualClock)).
+    /// Sets the clock (tests use `ManualClock`, feature `testing`).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self

@@ -70,7 +70,9 @@ mod sink;
 pub mod store;
 mod strategy;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+#[cfg(any(test, feature = "testing"))]
+pub use clock::ManualClock;
+pub use clock::{Clock, SystemClock};
 pub use endpoint::{ClientAuth, Grant, RetryPolicy, TokenEndpoint};
 pub use error::{AuthError, PauseCause, TransientFailure};
 pub use manager::{Authorization, RefreshReason, TokenManager, TokenManagerBuilder};
