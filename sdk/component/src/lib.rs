@@ -43,6 +43,8 @@
 //! assert!(finding.to_string().starts_with("component.json:6:19: error: /actions/create-pet: invalid name"));
 //! ```
 
+#![warn(missing_docs, unnameable_types)]
+
 mod checks;
 pub mod cli;
 mod descriptor;

@@ -61,6 +61,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs, unnameable_types)]
+
 mod context;
 mod error;
 mod event;

@@ -17,7 +17,7 @@
 //! Depend on a lower crate directly to take less: `deckhand-core` alone gives a
 //! `TokenManager` without lapin, jsonschema, clap or sqlx.
 
-#![warn(missing_docs)]
+#![warn(missing_docs, unnameable_types)]
 
 pub mod cli;
 

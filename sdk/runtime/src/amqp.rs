@@ -128,7 +128,7 @@ impl TransportOptions {
 }
 
 /// The host name, for connection names (Node: `os.hostname()`).
-pub fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .ok()

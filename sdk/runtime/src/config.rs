@@ -180,7 +180,7 @@ impl AmqpUri {
     }
 
     /// The parsed URI (contains the password: never log it).
-    pub fn parsed(&self) -> &AMQPUri {
+    pub(crate) fn parsed(&self) -> &AMQPUri {
         &self.parsed
     }
 
@@ -848,7 +848,7 @@ fn log_fields(id: &StepIdentity, log: &LogContext) -> Vec<(&'static str, String)
 
 /// The default update-keys routing key for a data routing key (see
 /// [`AmqpSettings::update_keys_routing_key`]).
-pub fn derive_update_keys_routing_key(data_routing_key: &str) -> String {
+pub(crate) fn derive_update_keys_routing_key(data_routing_key: &str) -> String {
     match data_routing_key.strip_suffix(".message") {
         Some(stem) => format!("{stem}.update_keys"),
         None => format!("{data_routing_key}.update_keys"),
@@ -857,7 +857,7 @@ pub fn derive_update_keys_routing_key(data_routing_key: &str) -> String {
 
 /// Lodash-style `camelCase` for environment variable names: words split on non-alphanumerics
 /// and lower→upper case changes; first word lower-case, the rest capitalised.
-pub fn camel_case(name: &str) -> String {
+pub(crate) fn camel_case(name: &str) -> String {
     let mut words: Vec<String> = Vec::new();
     let mut current = String::new();
     let mut prev_lower = false;

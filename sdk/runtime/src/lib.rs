@@ -77,6 +77,22 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs, unnameable_types)]
+
+/// Declares a function public with the `testing` feature and crate-private without it: the
+/// integration tests and benchmarks speak raw AMQP (lapin's types), a connector never does.
+macro_rules! testing_pub {
+    ($(#[$meta:meta])* fn $($item:tt)*) => {
+        #[cfg(feature = "testing")]
+        $(#[$meta])*
+        pub fn $($item)*
+        #[cfg(not(feature = "testing"))]
+        $(#[$meta])*
+        #[allow(dead_code)]
+        pub(crate) fn $($item)*
+    };
+}
+
 pub mod amqp;
 pub mod config;
 pub mod crypto;

@@ -115,7 +115,10 @@ pub enum StartError {
 }
 
 /// Loads the step from the platform API (with Sailor's retries) or the step file.
-pub async fn load_step(source: &StepSource, cfg: &RuntimeConfig) -> Result<StepData, String> {
+pub(crate) async fn load_step(
+    source: &StepSource,
+    cfg: &RuntimeConfig,
+) -> Result<StepData, String> {
     match source {
         StepSource::File(path) => {
             let text = tokio::fs::read(path)
@@ -164,7 +167,7 @@ pub async fn load_step(source: &StepSource, cfg: &RuntimeConfig) -> Result<StepD
 
 /// Splits a step's merged config into fields and the credential (with its token under the
 /// descriptor's OAuth field).
-pub fn step_config(
+pub(crate) fn step_config(
     step: &StepData,
     descriptor: &ComponentDescriptor,
 ) -> Result<StepConfig, StartError> {
@@ -185,7 +188,7 @@ pub fn step_config(
 }
 
 /// Publishes rotated keys as an `updateKeys` message and waits for the broker's confirm.
-pub struct AmqpKeysSink {
+pub(crate) struct AmqpKeysSink {
     cfg: Arc<RuntimeConfig>,
     publisher: Publisher,
     flags: StepFlags,

@@ -49,6 +49,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs, unnameable_types)]
+
 mod crypto;
 
 use std::str::FromStr;
