@@ -41,7 +41,7 @@ use crate::config::{InputFormat, RuntimeConfig};
 use crate::crypto::{CryptoError, MessageCipher, ProtocolVersion};
 
 /// AMQP header names used by the protocol.
-pub mod header {
+pub(crate) mod header {
     /// Id of this message (uuid).
     pub const MESSAGE_ID: &str = "messageId";
     /// `messageId` of the message this one was produced from.
@@ -88,7 +88,8 @@ pub mod header {
     pub const REBOUND_ITERATION: &str = "reboundIteration";
     /// Message-header (not AMQP-header) routing override on emitted data.
     pub const ROUTING_KEY_OVERRIDE: &str = "x-eio-routing-key";
-    /// Lightweight-message object id.
+    /// Lightweight-message object id (Sailor's; named here, not yet read or written).
+    #[allow(dead_code)]
     pub const OBJECT_STORAGE_ID: &str = "x-ipaas-object-storage-id";
     /// Account whose keys an `updateKeys` event carries (Deckhand addition).
     pub const ACCOUNT_ID: &str = "accountId";
@@ -101,12 +102,12 @@ pub mod header {
 /// Content type of every publish.
 pub const CONTENT_TYPE: &str = "application/json";
 /// Content encoding of every publish.
-pub const CONTENT_ENCODING: &str = "utf8";
+pub(crate) const CONTENT_ENCODING: &str = "utf8";
 /// Most of the input an error event carries: a longer `errorInput` is replaced by an
 /// encrypted marker with the input's beginning (see [`OutgoingContext::publications`]).
-pub const ERROR_INPUT_LIMIT: usize = 64 * 1024;
+pub(crate) const ERROR_INPUT_LIMIT: usize = 64 * 1024;
 /// Message of the error that replaces a rebound over the limit.
-pub const REBOUND_LIMIT_EXCEEDED: &str = "Rebound limit exceeded";
+pub(crate) const REBOUND_LIMIT_EXCEEDED: &str = "Rebound limit exceeded";
 
 /// A message as JSON, without `passthrough` (what passthrough stores).
 fn without_passthrough(message: &Message) -> Value {
