@@ -113,9 +113,3 @@ impl From<serde_json::Error> for ConnectorError {
         Self::named("JsonError", err.to_string())
     }
 }
-
-impl From<super::EmitError> for ConnectorError {
-    fn from(err: super::EmitError) -> Self {
-        Self::named("EmitError", err.to_string())
-    }
-}

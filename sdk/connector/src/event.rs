@@ -179,3 +179,10 @@ impl Emitter for CollectingEmitter {
         Ok(())
     }
 }
+
+// Here rather than in error.rs: events build on errors, not the other way round.
+impl From<EmitError> for ConnectorError {
+    fn from(err: EmitError) -> Self {
+        Self::named("EmitError", err.to_string())
+    }
+}
