@@ -16,6 +16,11 @@
 //!
 //! Depend on a lower crate directly to take less: `deckhand-core` alone gives a
 //! `TokenManager` without lapin, jsonschema, clap or sqlx.
+//!
+//! Test utilities (`auth::ManualClock`, `auth::MemorySink::fail_next`,
+//! `connector::CollectingEmitter`, raw AMQP access in `runtime`) are behind the `testing`
+//! feature; enable it in `[dev-dependencies]`:
+//! `deckhand = { version = "…", features = ["testing"] }`.
 
 #![warn(missing_docs, unnameable_types)]
 
