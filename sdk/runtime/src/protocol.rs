@@ -14,7 +14,7 @@
 //!   `reboundReason`/`reboundIteration` on rebounds; the publisher adds `retry: n` on the
 //!   n-th publish retry.
 //! * Header value types follow amqplib: strings are long strings, booleans booleans, and
-//!   integers the smallest signed type that holds them ([`js_number`]), so `protocolVersion`
+//!   integers the smallest signed type that holds them (`js_number`), so `protocolVersion`
 //!   travels as an 8-bit and `start`/`end` as a 64-bit integer.
 //! * Properties: `contentType: application/json`, `contentEncoding: utf8`, deliveryMode 1
 //!   (2 with `ELASTICIO_AMQP_PERSISTENT_MESSAGES`), published `mandatory`.
