@@ -102,7 +102,7 @@ impl TransportOptions {
         assert!(!uris.is_empty(), "at least one broker URI is needed");
         Self {
             uris,
-            connection_name: hostname(),
+            connection_name: crate::config::hostname(),
             prefetch: 1,
             connect_attempts: 3,
             connect_retry_delay: Duration::from_millis(100),
@@ -125,17 +125,6 @@ impl TransportOptions {
             ..Self::with_nodes(cfg.amqp.uris.clone())
         }
     }
-}
-
-/// The host name, for connection names (Node: `os.hostname()`).
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
-        .unwrap_or_else(|| "deckhand".to_owned())
 }
 
 /// A connection, consume or subscribe failure. Never contains the broker password.
@@ -1141,6 +1130,6 @@ mod tests {
         let dbg = format!("{opts:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(dbg.contains("amqp://user:***@rabbit:5672/%2f"), "{dbg}");
-        assert_eq!(opts.connection_name, hostname());
+        assert_eq!(opts.connection_name, crate::config::hostname());
     }
 }

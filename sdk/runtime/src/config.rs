@@ -76,8 +76,8 @@
 //! | `DECKHAND_UPDATE_KEYS` | `amqp` | where rotated keys go: `amqp`, `api` or `both` ([`UpdateKeysMode`]) |
 //! | `DECKHAND_SHUTDOWN_TIMEOUT_SECS` | 30 | how long a stopping worker waits for messages in flight |
 //!
-//! Outside this table the runtime only looks at `HOSTNAME` (the connection name, when
-//! `/proc/sys/kernel/hostname` and `/etc/hostname` cannot be read).
+//! `HOSTNAME` names the AMQP connection when `/proc/sys/kernel/hostname` and `/etc/hostname`
+//! cannot be read (never an error).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -892,6 +892,18 @@ pub(crate) fn camel_case(name: &str) -> String {
         }
     }
     out
+}
+
+/// The host name, for connection names (Node: `os.hostname()`); `HOSTNAME` only when the
+/// kernel's and `/etc/hostname` cannot be read.
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "deckhand".to_owned())
 }
 
 fn env_vars() -> Result<Vec<(String, String)>, ConfigError> {
