@@ -163,7 +163,7 @@ impl KeysSink for TortureSink {
     async fn persist(&self, update: &KeysUpdate) -> Result<(), SinkError> {
         let fault = lock(&self.faults).pop_front();
         match fault {
-            Some(SinkFaultKind::Error) => return Err(SinkError("injected sink error".into())),
+            Some(SinkFaultKind::Error) => return Err(SinkError::other("injected sink error")),
             Some(SinkFaultKind::Timeout) => tokio::time::sleep(SINK_TIMEOUT * 4).await,
             Some(SinkFaultKind::Panic) => panic!("{SINK_PANIC}"),
             None => {}

@@ -45,7 +45,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use base64::Engine as _;
 use deckhand::connector::{
-    Connector, ConnectorError, Context, Function, Input, Message, Verification, VerifyContext,
+    Connector, ConnectorError, Context, ErrorKind, Function, Input, Message, Verification,
+    VerifyContext,
 };
 use deckhand::credentials::Credentials;
 use deckhand::runtime::amqp::TransportOptions;
@@ -375,8 +376,8 @@ impl Connector for Tagger {
             "tag" => {
                 let mut body = message.body.as_object().cloned().unwrap_or_default();
                 if let Some(reason) = body.get("explodeInRust") {
-                    return Err(ConnectorError::named(
-                        "DeckhandExplosion",
+                    return Err(ConnectorError::new(
+                        ErrorKind::Provider("DeckhandExplosion".into()),
                         format!("deckhand step exploded: {}", reason.as_str().unwrap_or("?")),
                     ));
                 }
@@ -407,7 +408,7 @@ impl Connector for Tagger {
                 })))
                 .await?;
             }
-            other => return Err(ConnectorError::new(format!("no function {other}"))),
+            other => return Err(ConnectorError::other(format!("no function {other}"))),
         }
         Ok(())
     }

@@ -84,13 +84,18 @@ impl Connector for Probe {
                 out.headers = input.message.headers.clone();
                 ctx.emit_data(out).await?;
             }
-            "fail" => return Err(ConnectorError::named("Upstream", "the API said no")),
+            "fail" => {
+                return Err(ConnectorError::new(
+                    ErrorKind::Provider("Upstream".into()),
+                    "the API said no",
+                ));
+            }
             "later" => ctx.emit_rebound("not ready yet").await?,
             "gather" => {
                 // Completes only when 3 messages are processed at the same time.
                 tokio::time::timeout(Duration::from_secs(10), self.barrier.wait())
                     .await
-                    .map_err(|_| ConnectorError::new("fewer than 3 messages in flight"))?;
+                    .map_err(|_| ConnectorError::other("fewer than 3 messages in flight"))?;
                 ctx.emit_data(Message::new(input.message.body.clone()))
                     .await?;
             }

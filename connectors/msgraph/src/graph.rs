@@ -8,7 +8,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use deckhand::connector::ConnectorError;
+use deckhand::connector::{ConnectorError, ErrorKind};
+use deckhand::retry::{Backoff, Policy, retry_after};
+use reqwest::header::RETRY_AFTER;
 use reqwest::{Method, Response, StatusCode};
 use reqwest_middleware::ClientWithMiddleware;
 use serde::Deserialize;
@@ -42,13 +44,10 @@ impl Default for Throttling {
 }
 
 impl Throttling {
-    /// How long to wait before retry number `retry` (1-based).
-    fn wait(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
-        let backoff = || {
-            self.default_wait
-                .saturating_mul(2u32.saturating_pow(retry.saturating_sub(1)))
-        };
-        retry_after.unwrap_or_else(backoff).min(self.max_wait)
+    /// The policy as run: `Retry-After` (capped), else doubling from `default_wait`.
+    fn policy(&self) -> Policy {
+        Policy::new(Backoff::exponential(self.default_wait).with_cap(self.max_wait))
+            .with_max_attempts(self.max_retries.saturating_add(1))
     }
 }
 
@@ -123,7 +122,7 @@ impl<'a> Graph<'a> {
         url: &Url,
         body: Option<&Value>,
     ) -> Result<Response, ConnectorError> {
-        let mut retry = 0;
+        let mut schedule = self.throttling.policy().attempts();
         loop {
             let mut request = self
                 .http
@@ -136,11 +135,14 @@ impl<'a> Graph<'a> {
             let status = response.status();
             let throttled = status == StatusCode::TOO_MANY_REQUESTS
                 || status == StatusCode::SERVICE_UNAVAILABLE;
-            if !throttled || retry >= self.throttling.max_retries {
+            if !throttled {
                 return Ok(response);
             }
-            retry += 1;
-            let wait = self.throttling.wait(retry, retry_after(&response));
+            let retry_after = response.headers().get(RETRY_AFTER).and_then(retry_after);
+            let Some(wait) = schedule.next_delay(retry_after) else {
+                return Ok(response);
+            };
+            let retry = schedule.failures();
             tracing::warn!(
                 status = status.as_u16(),
                 %method,
@@ -174,8 +176,8 @@ impl Pages<'_> {
             .map(str::to_owned);
         match page.get_mut("value").map(Value::take) {
             Some(Value::Array(items)) => Ok(Some(items)),
-            _ => Err(ConnectorError::named(
-                "InvalidResponse",
+            _ => Err(ConnectorError::new(
+                ErrorKind::InvalidResponse,
                 "Microsoft Graph answered a collection request without a `value` array",
             )),
         }
@@ -184,11 +186,14 @@ impl Pages<'_> {
     /// A next link, which must stay on the Graph origin (the only one that gets the token).
     fn same_origin(&self, link: &str) -> Result<Url, ConnectorError> {
         let url = Url::parse(link).map_err(|e| {
-            ConnectorError::named("InvalidResponse", format!("invalid @odata.nextLink: {e}"))
+            ConnectorError::new(
+                ErrorKind::InvalidResponse,
+                format!("invalid @odata.nextLink: {e}"),
+            )
         })?;
         if url.origin() != self.graph.base.origin() {
-            return Err(ConnectorError::named(
-                "InvalidResponse",
+            return Err(ConnectorError::new(
+                ErrorKind::InvalidResponse,
                 format!(
                     "@odata.nextLink points to {}, outside Microsoft Graph; not following it",
                     url.origin().ascii_serialization()
@@ -231,6 +236,7 @@ struct ErrorDetail {
 /// `ErrorAccessDenied`, `TooManyRequests`), with the HTTP status and request id as its cause.
 pub(crate) async fn error_of(response: Response, method: &Method, url: &Url) -> ConnectorError {
     let status = response.status();
+    let wait = response.headers().get(RETRY_AFTER).and_then(retry_after);
     let header_request_id = response
         .headers()
         .get("request-id")
@@ -252,13 +258,19 @@ pub(crate) async fn error_of(response: Response, method: &Method, url: &Url) -> 
         request_id,
     };
     let error = match parsed {
-        Some(ErrorBody { error }) => ConnectorError::named(error.code, error.message),
-        None => ConnectorError::named(
-            "HttpError",
+        Some(ErrorBody { error }) => {
+            ConnectorError::new(ErrorKind::Provider(error.code), error.message)
+        }
+        None => ConnectorError::new(
+            ErrorKind::HttpError,
             format!("Microsoft Graph answered HTTP {status}"),
         ),
     };
-    error.with_source(cause)
+    let error = error.with_status(status).with_source(cause);
+    match wait {
+        Some(wait) => error.with_retry_after(wait),
+        None => error,
+    }
 }
 
 /// The cause of a Graph error, for the error's stack: status, request and Graph's request id
@@ -283,13 +295,6 @@ impl fmt::Display for HttpFailure {
 
 impl std::error::Error for HttpFailure {}
 
-/// `Retry-After` in seconds (the form Graph sends).
-fn retry_after(response: &Response) -> Option<Duration> {
-    let value = response.headers().get(reqwest::header::RETRY_AFTER)?;
-    let seconds = value.to_str().ok()?.trim().parse::<u64>().ok()?;
-    Some(Duration::from_secs(seconds))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,16 +306,29 @@ mod tests {
             max_wait: Duration::from_secs(30),
             default_wait: Duration::from_secs(1),
         };
+        let wait = |retry, retry_after| t.policy().pause(retry, Duration::ZERO, retry_after);
         assert_eq!(
-            t.wait(1, Some(Duration::from_secs(5))),
-            Duration::from_secs(5)
+            wait(1, Some(Duration::from_secs(5))),
+            Some(Duration::from_secs(5))
         );
         assert_eq!(
-            t.wait(1, Some(Duration::from_secs(300))),
-            Duration::from_secs(30)
+            wait(1, Some(Duration::from_secs(300))),
+            Some(Duration::from_secs(30))
         );
-        assert_eq!(t.wait(1, None), Duration::from_secs(1));
-        assert_eq!(t.wait(3, None), Duration::from_secs(4));
-        assert_eq!(t.wait(9, None), Duration::from_secs(30));
+        assert_eq!(wait(1, None), Some(Duration::from_secs(1)));
+        assert_eq!(wait(3, None), Some(Duration::from_secs(4)));
+        assert_eq!(
+            wait(4, None),
+            None,
+            "three retries, then the last answer stands"
+        );
+        let many = Throttling {
+            max_retries: 20,
+            ..t
+        };
+        assert_eq!(
+            many.policy().pause(9, Duration::ZERO, None),
+            Some(Duration::from_secs(30))
+        );
     }
 }

@@ -56,7 +56,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deckhand::auth::{Grant, Strategy, TokenEndpoint};
 use deckhand::connector::{
-    AuthSetup, Connector, ConnectorError, Context, Function, Input, Verification, VerifyContext,
+    AuthSetup, Connector, ConnectorError, Context, ErrorKind, Function, Input, Verification,
+    VerifyContext,
 };
 use deckhand::credentials::Credentials;
 use reqwest::{Method, StatusCode};
@@ -141,8 +142,8 @@ impl Connector for MsGraph {
                     .and_then(|t| t.refresh_token())
                     .is_none()
                 {
-                    return Err(ConnectorError::named(
-                        "InvalidCredentials",
+                    return Err(ConnectorError::new(
+                        ErrorKind::InvalidCredentials,
                         "delegated credentials need a refresh token in `oauth`: sign in again \
                          (with the offline_access scope)",
                     ));
@@ -214,8 +215,8 @@ impl Connector for MsGraph {
             "getUser" => users::get_user(&graph, &input, ctx).await,
             "sendMail" => mail::send_mail(&graph, settings.mode, &input, ctx).await,
             "readMail" => mail::read_mail(&graph, settings.mode, &input, ctx).await,
-            other => Err(ConnectorError::named(
-                "UnknownFunction",
+            other => Err(ConnectorError::new(
+                ErrorKind::UnknownFunction,
                 format!("no function `{other}`"),
             )),
         }

@@ -1,7 +1,7 @@
 //! The `sendMail` action and the `readMail` polling trigger.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use deckhand::connector::{ConnectorError, Context, Input, Message};
+use deckhand::connector::{ConnectorError, Context, ErrorKind, Input, Message};
 use serde_json::{Value, json};
 
 use crate::graph::Graph;
@@ -124,8 +124,8 @@ pub(crate) async fn read_mail(
         Some(user) => vec!["users", user],
         None if mode == AuthMode::Delegated => vec!["me"],
         None => {
-            return Err(ConnectorError::named(
-                "InvalidConfiguration",
+            return Err(ConnectorError::new(
+                ErrorKind::InvalidConfiguration,
                 "an app-only credential reads a user's mailbox: set `mailbox` (a user id or \
                  userPrincipalName)",
             ));
@@ -168,8 +168,8 @@ fn start_time(input: &Input) -> Result<DateTime<Utc>, ConnectorError> {
     match input.config_opt_str("startTime") {
         None => Ok(DateTime::UNIX_EPOCH),
         Some(start) => parse_time(start).ok_or_else(|| {
-            ConnectorError::named(
-                "InvalidConfiguration",
+            ConnectorError::new(
+                ErrorKind::InvalidConfiguration,
                 format!("`startTime` `{start}` is not an ISO 8601 date-time"),
             )
         }),
@@ -190,8 +190,8 @@ impl Position {
     /// The position in a snapshot; an empty snapshot is the start.
     fn from_snapshot(snapshot: &Value) -> Result<Self, ConnectorError> {
         let invalid = |what: &str| {
-            ConnectorError::named(
-                "InvalidSnapshot",
+            ConnectorError::new(
+                ErrorKind::InvalidSnapshot,
                 format!("the readMail snapshot {what}; delete it to start over"),
             )
         };
@@ -251,8 +251,8 @@ fn stamp(message: &Value) -> Result<(DateTime<Utc>, String), ConnectorError> {
         .and_then(parse_time);
     match (received, id) {
         (Some(received), Some(id)) => Ok((received, id.to_owned())),
-        _ => Err(ConnectorError::named(
-            "InvalidResponse",
+        _ => Err(ConnectorError::new(
+            ErrorKind::InvalidResponse,
             "Microsoft Graph returned a message without `id` or a valid `receivedDateTime`",
         )),
     }
@@ -270,7 +270,7 @@ fn format_time(at: DateTime<Utc>) -> String {
 }
 
 fn invalid_input(message: impl Into<String>) -> ConnectorError {
-    ConnectorError::named("InvalidInput", message)
+    ConnectorError::new(ErrorKind::InvalidInput, message)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! What a credential says: the authentication mode, the tenant, the OAuth2 app, and the
 //! endpoints (public cloud by default; national clouds and the emulator by configuration).
 
-use deckhand::connector::ConnectorError;
+use deckhand::connector::{ConnectorError, ErrorKind};
 use deckhand::credentials::Secret;
 use serde_json::{Map, Value};
 use url::{Host, Url};
@@ -188,7 +188,7 @@ fn endpoint(keys: &Map<String, Value>, name: &str, default: &str) -> Result<Url,
 }
 
 fn invalid(message: impl Into<String>) -> ConnectorError {
-    ConnectorError::named("InvalidCredentials", message)
+    ConnectorError::new(ErrorKind::InvalidCredentials, message)
 }
 
 #[cfg(test)]

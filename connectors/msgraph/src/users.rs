@@ -1,6 +1,6 @@
 //! The `listUsers` and `getUser` actions.
 
-use deckhand::connector::{ConnectorError, Context, Input, Message};
+use deckhand::connector::{ConnectorError, Context, ErrorKind, Input, Message};
 use serde_json::Value;
 
 use crate::graph::Graph;
@@ -47,8 +47,8 @@ pub(crate) async fn get_user(
 ) -> Result<(), ConnectorError> {
     let id = input.body_str("userId")?.trim();
     if id.is_empty() {
-        return Err(ConnectorError::named(
-            "InvalidInput",
+        return Err(ConnectorError::new(
+            ErrorKind::InvalidInput,
             "message body field `userId` must not be empty",
         ));
     }
@@ -62,8 +62,8 @@ pub(crate) async fn get_user(
                 .await?;
             Ok(())
         }
-        None => Err(ConnectorError::named(
-            "NotFound",
+        None => Err(ConnectorError::new(
+            ErrorKind::NotFound,
             format!("no user has the id or userPrincipalName `{id}`"),
         )),
     }
@@ -78,8 +78,8 @@ pub(crate) fn body_text<'a>(
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(ConnectorError::named(
-            "InvalidInput",
+        Some(_) => Err(ConnectorError::new(
+            ErrorKind::InvalidInput,
             format!("message body field `{field}` must be a string"),
         )),
     }
@@ -95,8 +95,8 @@ fn page_size(input: &Input) -> Result<Option<u64>, ConnectorError> {
     };
     match value {
         Some(n @ 1..=MAX_PAGE_SIZE) => Ok(Some(n)),
-        _ => Err(ConnectorError::named(
-            "InvalidInput",
+        _ => Err(ConnectorError::new(
+            ErrorKind::InvalidInput,
             format!(
                 "message body field `pageSize` must be a whole number from 1 to {MAX_PAGE_SIZE}"
             ),

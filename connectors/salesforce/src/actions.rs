@@ -1,10 +1,10 @@
 //! The actions: `query`, `create`, `upsert` and `lookup`.
 
-use deckhand::connector::{ConnectorError, Context, Input, Message};
+use deckhand::connector::{ConnectorError, Context, ErrorKind, Input, Message};
 use reqwest::StatusCode;
 use serde_json::{Map, Value, json};
 
-use crate::api::{Api, http_status, is_retryable};
+use crate::api::Api;
 use crate::config::{api_name, checkbox, field_list};
 
 /// How `query` emits its results (field `emitBehavior`).
@@ -21,8 +21,8 @@ impl EmitBehavior {
         match input.config_opt_str("emitBehavior") {
             None | Some("emitIndividually") => Ok(Self::Individually),
             Some("emitPage") => Ok(Self::Page),
-            Some(other) => Err(ConnectorError::named(
-                "InvalidConfiguration",
+            Some(other) => Err(ConnectorError::new(
+                ErrorKind::InvalidConfiguration,
                 format!("`emitBehavior` must be emitIndividually or emitPage, not `{other}`"),
             )),
         }
@@ -74,11 +74,12 @@ pub(crate) async fn query(
 
 /// An error that must not be rebounded because part of the output was already emitted.
 fn after_partial_output(err: ConnectorError, emitted_records: usize) -> ConnectorError {
-    if !is_retryable(&err) {
+    if !err.is_throttled() {
         return err;
     }
-    ConnectorError::named(
-        err.name(),
+    // A new error without the status: it must not be taken for a throttle and rebounded.
+    ConnectorError::new(
+        err.kind().clone(),
         format!(
             "{} ({emitted_records} records were emitted before this failure, so the message is \
              not rebounded: run it again, or narrow the query, to get the rest)",
@@ -179,12 +180,12 @@ pub(crate) async fn lookup(
     }
     match api.send_json(api.get(url)).await {
         Ok(record) => ctx.emit_data(Message::new(record)).await?,
-        Err(err) if http_status(&err).is_some_and(|s| s.status == StatusCode::NOT_FOUND) => {
+        Err(err) if err.status() == Some(StatusCode::NOT_FOUND) => {
             if checkbox(input, "allowNotFound") {
                 ctx.emit_data(Message::new(json!({}))).await?;
             } else {
-                return Err(ConnectorError::named(
-                    "NOT_FOUND",
+                return Err(ConnectorError::new(
+                    ErrorKind::Provider("NOT_FOUND".into()),
                     format!("no {sobject} record has {field} = `{value}`"),
                 )
                 .with_source(err));
@@ -199,8 +200,8 @@ pub(crate) async fn lookup(
 fn record_body(input: &Input) -> Result<Map<String, Value>, ConnectorError> {
     match &input.message.body {
         Value::Object(fields) => Ok(fields.clone()),
-        _ => Err(ConnectorError::named(
-            "InvalidInput",
+        _ => Err(ConnectorError::new(
+            ErrorKind::InvalidInput,
             "the message body must be a JSON object of field values",
         )),
     }
@@ -216,8 +217,8 @@ fn scalar_text(value: Option<Value>, field: &str) -> Result<String, ConnectorErr
 }
 
 fn missing_body_field(field: &str) -> ConnectorError {
-    ConnectorError::named(
-        "InvalidInput",
+    ConnectorError::new(
+        ErrorKind::InvalidInput,
         format!(
             "message body field `{field}` is required and must be a non-empty string or a number"
         ),

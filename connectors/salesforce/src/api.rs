@@ -2,10 +2,8 @@
 //! `{instance_url}/services/data/{version}/`, and the mapping of Salesforce's error answers to
 //! [`ConnectorError`]s.
 
-use std::fmt;
-
 use deckhand::auth::{AuthError, TokenManager};
-use deckhand::connector::ConnectorError;
+use deckhand::connector::{ConnectorError, ErrorKind};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, RETRY_AFTER};
 use reqwest_middleware::{ClientWithMiddleware, RequestBuilder};
@@ -33,8 +31,8 @@ impl<'a> Api<'a> {
         version: &'a str,
     ) -> Result<Api<'a>, ConnectorError> {
         let tokens = tokens.ok_or_else(|| {
-            ConnectorError::named(
-                "InvalidCredentials",
+            ConnectorError::new(
+                ErrorKind::InvalidCredentials,
                 "this step has no Salesforce credential with OAuth2 tokens",
             )
         })?;
@@ -45,8 +43,8 @@ impl<'a> Api<'a> {
             .and_then(|token| token.extra("instance_url"))
             .and_then(Value::as_str)
             .ok_or_else(|| {
-                ConnectorError::named(
-                    "InvalidCredentials",
+                ConnectorError::new(
+                    ErrorKind::InvalidCredentials,
                     "the credential's token has no `instance_url`; authorize the credential again",
                 )
             })?;
@@ -54,8 +52,8 @@ impl<'a> Api<'a> {
             .ok()
             .filter(|url| matches!(url.scheme(), "https" | "http") && url.has_host())
             .ok_or_else(|| {
-                ConnectorError::named(
-                    "InvalidCredentials",
+                ConnectorError::new(
+                    ErrorKind::InvalidCredentials,
                     format!("the credential's `instance_url` ({instance}) is not an http(s) URL"),
                 )
             })?;
@@ -83,16 +81,16 @@ impl<'a> Api<'a> {
     /// A path Salesforce returned (such as `nextRecordsUrl`), resolved against the instance.
     pub(crate) fn resolve(&self, path: &str) -> Result<Url, ConnectorError> {
         let url = self.instance.join(path).map_err(|e| {
-            ConnectorError::named(
-                "InvalidResponse",
+            ConnectorError::new(
+                ErrorKind::InvalidResponse,
                 format!("Salesforce returned an unusable URL `{path}`: {e}"),
             )
         })?;
         // Only a path on the org's own instance: the access token goes nowhere else anyway,
         // but a foreign URL would be a confusing 401 later.
         if url.origin() != self.instance.origin() {
-            return Err(ConnectorError::named(
-                "InvalidResponse",
+            return Err(ConnectorError::new(
+                ErrorKind::InvalidResponse,
                 format!("Salesforce returned a URL on another host: `{path}`"),
             ));
         }
@@ -140,7 +138,7 @@ impl<'a> Api<'a> {
 
     /// Sends a request. A 2xx answer is returned with its JSON body (`None` when empty, as for
     /// 204); anything else becomes a [`ConnectorError`] named after Salesforce's `errorCode`,
-    /// with the HTTP status attached (see [`http_status`]).
+    /// with the HTTP status and `Retry-After` attached.
     pub(crate) async fn send(&self, request: RequestBuilder) -> Result<Reply, ConnectorError> {
         let response = request
             .header(ACCEPT, "application/json")
@@ -151,8 +149,7 @@ impl<'a> Api<'a> {
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok());
+            .and_then(deckhand::retry::retry_after);
         let bytes = response.bytes().await?;
         if !status.is_success() {
             return Err(api_error(status, retry_after, &bytes));
@@ -161,8 +158,8 @@ impl<'a> Api<'a> {
             None
         } else {
             Some(serde_json::from_slice(&bytes).map_err(|e| {
-                ConnectorError::named(
-                    "InvalidResponse",
+                ConnectorError::new(
+                    ErrorKind::InvalidResponse,
                     format!("Salesforce answered HTTP {status} with a body that is not JSON: {e}"),
                 )
             })?)
@@ -174,8 +171,8 @@ impl<'a> Api<'a> {
     pub(crate) async fn send_json(&self, request: RequestBuilder) -> Result<Value, ConnectorError> {
         let reply = self.send(request).await?;
         reply.body.ok_or_else(|| {
-            ConnectorError::named(
-                "InvalidResponse",
+            ConnectorError::new(
+                ErrorKind::InvalidResponse,
                 format!("Salesforce answered HTTP {} without a body", reply.status),
             )
         })
@@ -202,8 +199,8 @@ pub(crate) struct QueryPage {
 impl QueryPage {
     fn parse(body: Value) -> Result<Self, ConnectorError> {
         serde_json::from_value(body).map_err(|e| {
-            ConnectorError::named(
-                "InvalidResponse",
+            ConnectorError::new(
+                ErrorKind::InvalidResponse,
                 format!("Salesforce answered the query with an unexpected body: {e}"),
             )
         })
@@ -219,47 +216,6 @@ pub(crate) struct Reply {
     pub(crate) body: Option<Value>,
 }
 
-/// The HTTP status of a failed API call, attached as the source of its [`ConnectorError`] so
-/// callers can tell a 404 or a 503 apart without parsing messages.
-#[derive(Debug)]
-pub(crate) struct HttpStatus {
-    pub(crate) status: StatusCode,
-    pub(crate) retry_after_secs: Option<u64>,
-}
-
-impl fmt::Display for HttpStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "HTTP {}", self.status)?;
-        if let Some(secs) = self.retry_after_secs {
-            write!(f, " (Retry-After: {secs} s)")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for HttpStatus {}
-
-/// The HTTP status of a failed API call, if `err` is one.
-pub(crate) fn http_status(err: &ConnectorError) -> Option<&HttpStatus> {
-    std::error::Error::source(err)?.downcast_ref()
-}
-
-/// The token failure behind `err`, if it is one.
-pub(crate) fn auth_error(err: &ConnectorError) -> Option<&AuthError> {
-    std::error::Error::source(err)?.downcast_ref()
-}
-
-/// Whether the failure is Salesforce asking to come back later (429 Too Many Requests, 503
-/// Service Unavailable), which an action answers with a rebound.
-pub(crate) fn is_retryable(err: &ConnectorError) -> bool {
-    http_status(err).is_some_and(|s| {
-        matches!(
-            s.status,
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-        )
-    })
-}
-
 /// A token failure as a [`ConnectorError`] (`ReauthRequired` or `AuthError`), keeping the
 /// [`AuthError`] as its source.
 pub(crate) fn auth_failure(err: AuthError) -> ConnectorError {
@@ -270,7 +226,7 @@ fn middleware_failure(err: reqwest_middleware::Error) -> ConnectorError {
     match err {
         reqwest_middleware::Error::Middleware(e) => match e.downcast::<AuthError>() {
             Ok(auth) => auth_failure(auth),
-            Err(other) => ConnectorError::named("HttpError", other.to_string()),
+            Err(other) => ConnectorError::new(ErrorKind::HttpError, other.to_string()),
         },
         reqwest_middleware::Error::Reqwest(e) => e.into(),
     }
@@ -296,47 +252,54 @@ impl SalesforceError {
     }
 }
 
-/// Maps an error answer: Salesforce's error array becomes `ConnectorError::named(errorCode,
-/// message)` (several errors are joined with `; `, named after the first); other bodies get a
+/// Maps an error answer: Salesforce's error array becomes an error of kind
+/// `Provider(errorCode)` (several errors are joined with `; `, named after the first); other bodies get a
 /// name from the status.
-fn api_error(status: StatusCode, retry_after_secs: Option<u64>, body: &[u8]) -> ConnectorError {
-    let source = HttpStatus {
-        status,
-        retry_after_secs,
-    };
+fn api_error(
+    status: StatusCode,
+    retry_after: Option<std::time::Duration>,
+    body: &[u8],
+) -> ConnectorError {
     let errors: Vec<SalesforceError> = serde_json::from_slice(body).unwrap_or_default();
-    let (name, message) = match errors.first() {
+    let (kind, message) = match errors.first() {
         Some(first) => {
             let messages: Vec<String> = errors.iter().map(SalesforceError::describe).collect();
-            (first.error_code.clone(), messages.join("; "))
+            (
+                ErrorKind::Provider(first.error_code.clone()),
+                messages.join("; "),
+            )
         }
         None => fallback_error(status, body),
     };
-    ConnectorError::named(name, message).with_source(source)
+    let error = ConnectorError::new(kind, message).with_status(status);
+    match retry_after {
+        Some(wait) => error.with_retry_after(wait),
+        None => error,
+    }
 }
 
 /// Name and message for an error answer without Salesforce's error array.
-fn fallback_error(status: StatusCode, body: &[u8]) -> (String, String) {
+fn fallback_error(status: StatusCode, body: &[u8]) -> (ErrorKind, String) {
     match status {
         // Lookups and upserts by an external id that is not unique: the body lists the
         // matching records' URLs.
         StatusCode::MULTIPLE_CHOICES => {
             let matches = serde_json::from_slice::<Vec<Value>>(body).map_or(0, |v| v.len());
             (
-                "MULTIPLE_CHOICES".into(),
+                ErrorKind::Provider("MULTIPLE_CHOICES".into()),
                 format!("{matches} records match; use a field whose values are unique"),
             )
         }
         StatusCode::NOT_FOUND => (
-            "NOT_FOUND".into(),
+            ErrorKind::Provider("NOT_FOUND".into()),
             "the requested resource does not exist".into(),
         ),
         StatusCode::TOO_MANY_REQUESTS => (
-            "RateLimited".into(),
+            ErrorKind::Provider("RateLimited".into()),
             "Salesforce is rate limiting this org; try again later".into(),
         ),
         StatusCode::SERVICE_UNAVAILABLE => (
-            "ServiceUnavailable".into(),
+            ErrorKind::Provider("ServiceUnavailable".into()),
             "Salesforce is unavailable; try again later".into(),
         ),
         _ => {
@@ -347,7 +310,7 @@ fn fallback_error(status: StatusCode, body: &[u8]) -> (String, String) {
             } else {
                 format!("Salesforce answered HTTP {status}: {excerpt}")
             };
-            ("HttpError".into(), message)
+            (ErrorKind::HttpError, message)
         }
     }
 }
@@ -366,22 +329,19 @@ mod tests {
             err.message(),
             "Required fields are missing: [Name] (fields: Name); second"
         );
-        assert_eq!(
-            http_status(&err).map(|s| s.status),
-            Some(StatusCode::BAD_REQUEST)
-        );
-        assert!(!is_retryable(&err));
+        assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
+        assert!(!err.is_throttled());
     }
 
     #[test]
     fn bodies_without_error_arrays_are_named_by_status() {
         let err = api_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            Some(7),
+            Some(std::time::Duration::from_secs(7)),
             b"<html>down</html>",
         );
         assert_eq!(err.name(), "ServiceUnavailable");
-        assert!(is_retryable(&err));
+        assert!(err.is_throttled());
         assert!(err.stack().contains("Retry-After: 7 s"), "{}", err.stack());
 
         let err = api_error(StatusCode::MULTIPLE_CHOICES, None, br#"["/a","/b"]"#);

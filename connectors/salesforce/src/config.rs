@@ -4,7 +4,7 @@
 //! (`Account`, `Invoice__c`, `ns__Field__c`; relationship paths like `Owner.Name` in field
 //! lists) rather than escaped: a name that is not one is a configuration mistake.
 
-use deckhand::connector::{ConnectorError, Input};
+use deckhand::connector::{ConnectorError, ErrorKind, Input};
 use serde_json::Value;
 
 /// Whether `name` is a Salesforce API name: a letter, then letters, digits and underscores.
@@ -25,8 +25,8 @@ pub(crate) fn api_name<'a>(input: &'a Input, field: &str) -> Result<&'a str, Con
     if is_api_name(name) {
         Ok(name)
     } else {
-        Err(ConnectorError::named(
-            "InvalidConfiguration",
+        Err(ConnectorError::new(
+            ErrorKind::InvalidConfiguration,
             format!(
                 "configuration field `{field}` must be an API name such as Account or \
                  External_Id__c, not `{name}`"
@@ -50,8 +50,8 @@ pub(crate) fn field_list(
         .map(str::to_owned)
         .collect();
     if let Some(bad) = names.iter().find(|name| !is_field_path(name)) {
-        return Err(ConnectorError::named(
-            "InvalidConfiguration",
+        return Err(ConnectorError::new(
+            ErrorKind::InvalidConfiguration,
             format!(
                 "configuration field `{field}` must list field API names separated by commas; \
                  `{bad}` is not one"
@@ -86,8 +86,8 @@ pub(crate) fn positive_integer(
         Some(_) => None,
     };
     parsed.filter(|&n| n > 0).ok_or_else(|| {
-        ConnectorError::named(
-            "InvalidConfiguration",
+        ConnectorError::new(
+            ErrorKind::InvalidConfiguration,
             format!("configuration field `{field}` must be a whole number of at least 1"),
         )
     })

@@ -124,13 +124,14 @@ use async_trait::async_trait;
 use deckhand::auth::{AuthError, ClientAuth, Grant, Strategy, TokenEndpoint};
 use deckhand::component::render_template;
 use deckhand::connector::{
-    AuthSetup, Connector, ConnectorError, Context, Function, Input, Verification, VerifyContext,
+    AuthSetup, Connector, ConnectorError, Context, ErrorKind, Function, Input, Verification,
+    VerifyContext,
 };
 use deckhand::credentials::{Credentials, Secret};
 use reqwest::StatusCode;
 use url::Url;
 
-use crate::api::{Api, auth_error, http_status, is_retryable};
+use crate::api::Api;
 
 /// The REST API version used unless configured otherwise.
 pub const DEFAULT_API_VERSION: &str = "v60.0";
@@ -232,8 +233,8 @@ impl Salesforce {
         if valid {
             Ok(format!("v{number}"))
         } else {
-            Err(ConnectorError::named(
-                "InvalidConfiguration",
+            Err(ConnectorError::new(
+                ErrorKind::InvalidConfiguration,
                 format!(
                     "the Salesforce API version must look like v60.0, not `{}`",
                     self.api_version
@@ -244,8 +245,8 @@ impl Salesforce {
 
     fn app(&self) -> Result<&OAuthApp, ConnectorError> {
         self.app.as_ref().map_err(|missing| {
-            ConnectorError::named(
-                "InvalidConfiguration",
+            ConnectorError::new(
+                ErrorKind::InvalidConfiguration,
                 format!(
                     "the Salesforce connected app is not configured: set {} (the consumer key \
                      and secret the credential was authorized with)",
@@ -259,7 +260,7 @@ impl Salesforce {
 /// The token URL for `credentials`: `{loginUrl}/services/oauth2/token` when `loginUrl` is set,
 /// else [`TOKEN_URI_TEMPLATE`] with `prodEnv`.
 pub fn token_url(credentials: &Credentials) -> Result<String, ConnectorError> {
-    let invalid = |message: String| ConnectorError::named("InvalidCredentials", message);
+    let invalid = |message: String| ConnectorError::new(ErrorKind::InvalidCredentials, message);
     if let Some(login_url) = credentials
         .field_str("loginUrl")
         .map(str::trim)
@@ -362,14 +363,14 @@ impl Connector for Salesforce {
             // A trigger does not rebound: the next poll resumes from the saved position.
             GET_UPDATED_OBJECTS => return trigger::get_updated_objects(&api, &input, ctx).await,
             other => {
-                return Err(ConnectorError::named(
-                    "UnknownFunction",
+                return Err(ConnectorError::new(
+                    ErrorKind::UnknownFunction,
                     format!("no function `{other}`"),
                 ));
             }
         };
         match result {
-            Err(err) if is_retryable(&err) => {
+            Err(err) if err.is_throttled() => {
                 tracing::info!(error = %err, "Salesforce asked to retry later; rebounding");
                 ctx.emit_rebound(err.to_string()).await?;
                 Ok(())
@@ -382,14 +383,14 @@ impl Connector for Salesforce {
 /// Whether a failure says the credential does not work (as opposed to Salesforce or the
 /// network failing).
 fn rejects_credentials(err: &ConnectorError) -> bool {
-    let refused = auth_error(err).is_some_and(|auth| {
+    let refused = err.auth_error().is_some_and(|auth| {
         auth.is_reauth_required()
             || matches!(
                 auth,
                 AuthError::RejectedAfterRefresh { .. } | AuthError::NoRefreshToken
             )
     });
-    let status = http_status(err).map(|s| s.status);
+    let status = err.status();
     refused || matches!(status, Some(StatusCode::FORBIDDEN | StatusCode::NOT_FOUND))
 }
 

@@ -38,7 +38,7 @@
 //! `SystemModstamp`; flows that cannot tolerate it should also reconcile periodically.
 
 use chrono::{DateTime, Utc};
-use deckhand::connector::{ConnectorError, Context, Input, Message};
+use deckhand::connector::{ConnectorError, Context, ErrorKind, Input, Message};
 use serde_json::{Value, json};
 
 use crate::api::Api;
@@ -63,8 +63,8 @@ impl Position {
     fn load(snapshot: &Value, start_time: Option<&str>) -> Result<Self, ConnectorError> {
         if let Some(text) = snapshot.get("lastModifiedDate").and_then(Value::as_str) {
             let at = parse_datetime(text).ok_or_else(|| {
-                ConnectorError::named(
-                    "InvalidSnapshot",
+                ConnectorError::new(
+                    ErrorKind::InvalidSnapshot,
                     format!("the snapshot's lastModifiedDate `{text}` is not a date-time"),
                 )
             })?;
@@ -86,8 +86,8 @@ impl Position {
         }
         let text = start_time.unwrap_or("1970-01-01T00:00:00Z");
         let at = parse_datetime(text).ok_or_else(|| {
-            ConnectorError::named(
-                "InvalidConfiguration",
+            ConnectorError::new(
+                ErrorKind::InvalidConfiguration,
                 format!(
                     "`startTime` must be an ISO 8601 date-time such as 2024-01-01T00:00:00Z, \
                      not `{text}`"
@@ -204,14 +204,14 @@ fn record_position(record: &Value) -> Result<(DateTime<Utc>, &str, &str), Connec
     let id = field(record, "Id").and_then(Value::as_str);
     let text = field(record, "LastModifiedDate").and_then(Value::as_str);
     let (Some(id), Some(text)) = (id, text) else {
-        return Err(ConnectorError::named(
-            "InvalidResponse",
+        return Err(ConnectorError::new(
+            ErrorKind::InvalidResponse,
             "a record has no Id or no LastModifiedDate",
         ));
     };
     let at = parse_datetime(text).ok_or_else(|| {
-        ConnectorError::named(
-            "InvalidResponse",
+        ConnectorError::new(
+            ErrorKind::InvalidResponse,
             format!("record {id} has an unreadable LastModifiedDate `{text}`"),
         )
     })?;

@@ -2,7 +2,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{ConnectorError, Message};
+use super::{ConnectorError, ErrorKind, Message};
 
 /// What a function emits while processing one message.
 ///
@@ -183,6 +183,6 @@ impl Emitter for CollectingEmitter {
 // Here rather than in error.rs: events build on errors, not the other way round.
 impl From<EmitError> for ConnectorError {
     fn from(err: EmitError) -> Self {
-        Self::named("EmitError", err.to_string())
+        Self::new(ErrorKind::EmitError, err.to_string())
     }
 }

@@ -41,7 +41,7 @@
 //!                     .await?;
 //!                 Ok(())
 //!             }
-//!             other => Err(ConnectorError::new(format!("no function {other}"))),
+//!             other => Err(ConnectorError::other(format!("no function {other}"))),
 //!         }
 //!     }
 //! }
@@ -80,7 +80,7 @@ use deckhand_core::credentials::Credentials;
 
 pub use context::Context;
 pub use deckhand_component::FunctionKind;
-pub use error::ConnectorError;
+pub use error::{ConnectorError, ErrorKind};
 #[cfg(any(test, feature = "testing"))]
 pub use event::CollectingEmitter;
 pub use event::{EmitError, Emitter, ErrorInfo, ErrorPayload, Event, HttpReply, KeysNotice};
@@ -151,12 +151,12 @@ impl Input {
     pub fn config_str(&self, field: &str) -> Result<&str, ConnectorError> {
         match self.config.get(field) {
             Some(Value::String(s)) => Ok(s),
-            Some(_) => Err(ConnectorError::named(
-                "InvalidConfiguration",
+            Some(_) => Err(ConnectorError::new(
+                ErrorKind::InvalidConfiguration,
                 format!("configuration field `{field}` must be a string"),
             )),
-            None => Err(ConnectorError::named(
-                "InvalidConfiguration",
+            None => Err(ConnectorError::new(
+                ErrorKind::InvalidConfiguration,
                 format!("configuration field `{field}` is required"),
             )),
         }
@@ -187,8 +187,8 @@ impl Input {
             .get(field)
             .and_then(Value::as_str)
             .ok_or_else(|| {
-                ConnectorError::named(
-                    "InvalidInput",
+                ConnectorError::new(
+                    ErrorKind::InvalidInput,
                     format!("message body field `{field}` is required and must be a string"),
                 )
             })
@@ -339,8 +339,8 @@ pub trait Connector: Send + Sync + 'static {
         ctx: &VerifyContext,
     ) -> Result<Value, ConnectorError> {
         let _ = (config, ctx);
-        Err(ConnectorError::named(
-            "NotSupported",
+        Err(ConnectorError::new(
+            ErrorKind::NotSupported,
             format!("`{function}` has no dynamic metadata"),
         ))
     }
@@ -354,8 +354,8 @@ pub trait Connector: Send + Sync + 'static {
         ctx: &VerifyContext,
     ) -> Result<Value, ConnectorError> {
         let _ = (config, ctx);
-        Err(ConnectorError::named(
-            "NotSupported",
+        Err(ConnectorError::new(
+            ErrorKind::NotSupported,
             format!("`{function}` has no select model `{model}`"),
         ))
     }

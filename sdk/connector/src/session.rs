@@ -9,8 +9,8 @@ use tracing::Instrument;
 
 use super::context::{ContextParts, KeysUpdater};
 use super::{
-    AuthSetup, Connector, ConnectorError, Context, EmitError, Emitter, ErrorPayload, Event, Input,
-    Message, Verification, VerifyContext,
+    AuthSetup, Connector, ConnectorError, Context, EmitError, Emitter, ErrorKind, ErrorPayload,
+    Event, Input, Message, Verification, VerifyContext,
 };
 use deckhand_core::auth::{
     AccountId, CredentialStore, HolderId, KeysSink, KeysUpdate, RefreshReason, TokenManager,
@@ -361,14 +361,14 @@ impl<C: Connector> Session<C> {
                 .await
             {
                 Ok(result) => result,
-                Err(panic) => Err(ConnectorError::named(
-                    "Panic",
+                Err(panic) => Err(ConnectorError::new(
+                    ErrorKind::Panic,
                     format!("the function panicked: {}", panic_message(&panic)),
                 )),
             }
         } else {
-            Err(ConnectorError::named(
-                "UnknownFunction",
+            Err(ConnectorError::new(
+                ErrorKind::UnknownFunction,
                 format!("this component has no trigger or action named `{function}`"),
             ))
         };

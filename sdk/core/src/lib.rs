@@ -7,6 +7,8 @@
 //!   behind one single-flight gate, the sinks rotated keys are persisted to before they are
 //!   used, the [`CredentialStore`](auth::CredentialStore) trait a fleet shares tokens through,
 //!   and the authenticated HTTP client.
+//! * [`retry`] — bounded exponential backoff with jitter, and `Retry-After` in both forms: the
+//!   one schedule every retry loop of Deckhand uses.
 //!
 //! This crate is what a program takes that only wants a correctly refreshed token. It knows
 //! nothing of connectors, `component.json`, RabbitMQ or PostgreSQL: the connector API is
@@ -17,3 +19,4 @@
 
 pub mod auth;
 pub mod credentials;
+pub mod retry;

@@ -6,7 +6,8 @@
 //!
 //! * [`credentials`], [`auth`] (crate `deckhand-core`) — the keys of one credential and its
 //!   OAuth2 token set; token refresh under every strategy behind one single-flight gate, and
-//!   the authenticated HTTP client.
+//!   the authenticated HTTP client; [`retry`], the backoff and `Retry-After` every retry loop
+//!   uses.
 //! * [`component`] (`deckhand-component`) — the `component.json` model, schemas and validator.
 //! * [`connector`] (`deckhand-connector`) — the `Connector` trait, its execution context and
 //!   events; [`transport`], the broker-less transport (JSON lines and a credentials file).
@@ -29,7 +30,7 @@ pub mod cli;
 pub use deckhand_component as component;
 pub use deckhand_connector as connector;
 pub use deckhand_connector::transport;
-pub use deckhand_core::{auth, credentials};
+pub use deckhand_core::{auth, credentials, retry};
 pub use deckhand_runtime as runtime;
 pub use deckhand_store as store;
 

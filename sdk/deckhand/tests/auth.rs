@@ -824,5 +824,9 @@ async fn no_refresh_token_is_a_clear_error() {
 
 #[test]
 fn sink_error_keeps_its_message() {
-    assert_eq!(SinkError("broker down".into()).to_string(), "broker down");
+    assert_eq!(SinkError::other("broker down").to_string(), "broker down");
+    assert_eq!(
+        SinkError::Publish("no confirm".into()).to_string(),
+        "publishing updateKeys: no confirm"
+    );
 }

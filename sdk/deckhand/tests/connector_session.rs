@@ -44,8 +44,11 @@ impl Connector for Probe {
                 Ok(())
             }
             "panics" => panic!("boom"),
-            "fails" => Err(ConnectorError::named("Upstream", "the API is down")
-                .with_source(std::io::Error::other("connection reset"))),
+            "fails" => Err(ConnectorError::new(
+                ErrorKind::Provider("Upstream".into()),
+                "the API is down",
+            )
+            .with_source(std::io::Error::other("connection reset"))),
             "rotate" => {
                 let mut keys = input.config.clone();
                 keys["apiKey"] = json!("KEY-2");

@@ -103,7 +103,7 @@ impl Connector for Rotating {
                     .get(format!("{}/api/data", self.api))
                     .send()
                     .await
-                    .map_err(|e| ConnectorError::new(e.to_string()))?
+                    .map_err(|e| ConnectorError::other(e.to_string()))?
                     .status();
                 assert_eq!(status, 200);
                 // ... then the function emits keys from its copy of the config, holding r0.

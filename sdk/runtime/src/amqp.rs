@@ -55,6 +55,8 @@ use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use deckhand_core::retry::{Backoff, Policy};
+
 use crate::config::{AmqpUri, PublishRetry, RateLimits, RuntimeConfig};
 use crate::protocol::header::DELIVERY_COUNT;
 use crate::protocol::{Incoming, Publication, PublicationKind, header_number};
@@ -195,13 +197,6 @@ pub struct Confirmed {
     pub returned: Option<(u16, String)>,
 }
 
-/// Exponential delay `base·2^n` capped at `max`.
-fn backoff(base: Duration, n: u32, max: Duration) -> Duration {
-    base.checked_mul(1u32.checked_shl(n).unwrap_or(u32::MAX))
-        .unwrap_or(max)
-        .min(max)
-}
-
 /// One broker node of a [`ConnSlot`].
 struct Node {
     uri: AMQPUri,
@@ -272,11 +267,11 @@ impl ConnSlot {
         }
         current.conn = None;
         let mut last = String::new();
-        for attempt in 0..=extra_attempts {
-            if attempt > 0 {
-                tokio::time::sleep(self.retry_delay).await;
-                debug!(connection = %self.name, attempt, "AMQP reconnecting");
-            }
+        let mut rounds = Policy::new(Backoff::fixed(self.retry_delay))
+            .with_max_attempts(extra_attempts.saturating_add(1))
+            .attempts();
+        loop {
+            let attempt = rounds.failures();
             for offset in 0..self.nodes.len() {
                 let index = (start + offset) % self.nodes.len();
                 let node = &self.nodes[index];
@@ -305,6 +300,11 @@ impl ConnSlot {
                 }
                 warn!(connection = %self.name, attempt, error = %last, "AMQP connection attempt failed");
             }
+            let Some(pause) = rounds.next_delay(None) else {
+                break;
+            };
+            tokio::time::sleep(pause).await;
+            debug!(connection = %self.name, attempt = rounds.failures(), "AMQP reconnecting");
         }
         Err(TransportError::Connect {
             uri: self
@@ -396,8 +396,8 @@ impl Transport {
             queue: queue.to_owned(),
             prefetch: self.opts.prefetch,
             extra_attempts: self.opts.connect_attempts,
-            retry_delay: self.opts.connect_retry_delay,
-            max_delay: self.opts.reconnect_max_delay,
+            resubscribe: Backoff::exponential(self.opts.connect_retry_delay)
+                .with_cap(self.opts.reconnect_max_delay),
             subscription: None,
             generation: 0,
             stop: StopHandle::default(),
@@ -539,8 +539,9 @@ impl Publisher {
         if let Some(throttle) = throttle {
             throttle.acquire().await;
         }
-        let mut failures = 0u32;
+        let mut schedule = inner.retry.policy().attempts();
         loop {
+            let failures = schedule.failures();
             match inner.attempt(publication, failures).await {
                 Ok(returned) => {
                     if let Some((code, text)) = &returned {
@@ -557,21 +558,25 @@ impl Publisher {
                     });
                 }
                 Err(e) => {
-                    failures += 1;
                     let fatal = matches!(e, AttemptError::Invalid(_));
-                    if fatal || !inner.retry.may_retry(failures) {
+                    let next = if fatal {
+                        schedule.failed_without_pause();
+                        None
+                    } else {
+                        schedule.next_delay(None)
+                    };
+                    let Some(delay) = next else {
                         return Err(PublishError {
                             exchange: publication.exchange.clone(),
                             routing_key: publication.routing_key.clone(),
-                            attempts: failures,
+                            attempts: schedule.failures(),
                             last_error: e.to_string(),
                         });
-                    }
-                    let delay = inner.retry.delay_after(failures - 1);
+                    };
                     warn!(
                         exchange = %publication.exchange,
                         routing_key = %publication.routing_key,
-                        attempt = failures, error = %e, ?delay,
+                        attempt = schedule.failures(), error = %e, ?delay,
                         "publish failed, retrying"
                     );
                     tokio::time::sleep(delay).await;
@@ -731,8 +736,8 @@ pub struct Consumer {
     queue: String,
     prefetch: u16,
     extra_attempts: u32,
-    retry_delay: Duration,
-    max_delay: Duration,
+    /// Pauses between failed re-subscribes: uncounted, they go on until a stop.
+    resubscribe: Backoff,
     subscription: Option<Subscription>,
     generation: u64,
     stop: StopHandle,
@@ -771,7 +776,7 @@ impl Consumer {
                     r = self.subscribe() => r,
                 };
                 if let Err(e) = outcome {
-                    let delay = backoff(self.retry_delay, failures, self.max_delay);
+                    let delay = self.resubscribe.delay(failures);
                     failures = failures.saturating_add(1);
                     warn!(queue = %self.queue, error = %e, ?delay, "re-subscribe failed, will retry");
                     tokio::select! {
@@ -1112,15 +1117,6 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_millis(80));
         assert!(Throttle::new(0, Duration::from_millis(80)).is_none());
         assert!(Throttle::new(5, Duration::ZERO).is_none());
-    }
-
-    #[test]
-    fn backoff_is_capped() {
-        let base = Duration::from_millis(100);
-        let max = Duration::from_secs(30);
-        assert_eq!(backoff(base, 0, max), base);
-        assert_eq!(backoff(base, 3, max), Duration::from_millis(800));
-        assert_eq!(backoff(base, 40, max), max);
     }
 
     #[test]

@@ -88,6 +88,7 @@ use lapin::uri::{AMQPScheme, AMQPUri};
 
 use crate::crypto::{CryptoError, MessageCipher, ProtocolVersion};
 use deckhand_core::credentials::Secret;
+use deckhand_core::retry::{Backoff, Policy};
 
 /// Prefix of every Sailor environment variable.
 pub const PREFIX: &str = "ELASTICIO_";
@@ -282,18 +283,23 @@ impl PublishRetry {
     /// Default of `ELASTICIO_AMQP_PUBLISH_MAX_RETRY_DELAY`.
     pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(5);
 
+    /// The policy as run: doubling from `delay`, capped at `max_delay`, `attempts` in all.
+    pub fn policy(&self) -> Policy {
+        let policy = Policy::new(Backoff::exponential(self.delay).with_cap(self.max_delay));
+        match self.attempts {
+            Some(max) => policy.with_max_attempts(max),
+            None => policy,
+        }
+    }
+
     /// The sleep after failed attempt `n` (0-based): `min(delay·2^n, max_delay)`.
     pub fn delay_after(&self, n: u32) -> Duration {
-        let factor = 1u32.checked_shl(n).unwrap_or(u32::MAX);
-        self.delay
-            .checked_mul(factor)
-            .unwrap_or(Duration::MAX)
-            .min(self.max_delay)
+        self.policy().backoff.delay(n)
     }
 
     /// `true` if another attempt is allowed after `failed` failed attempts.
     pub fn may_retry(&self, failed: u32) -> bool {
-        self.attempts.is_none_or(|max| failed < max)
+        self.policy().pause(failed, Duration::ZERO, None).is_some()
     }
 }
 
@@ -414,6 +420,13 @@ pub struct ApiRetry {
     pub delay: Duration,
 }
 
+impl ApiRetry {
+    /// The policy as run: `1 + attempts` attempts, `delay` apart (Sailor's fixed delay).
+    pub fn policy(&self) -> Policy {
+        Policy::new(Backoff::fixed(self.delay)).with_max_attempts(self.attempts.saturating_add(1))
+    }
+}
+
 /// Extra values copied into every outgoing message's headers
 /// (`ELASTICIO_ADDITIONAL_VARS_FOR_HEADERS`): `(headerName, value)` with the header name
 /// camel-cased from the variable name without its `ELASTICIO_` prefix, like Node's
@@ -463,6 +476,17 @@ pub enum UpdateKeysMode {
     Api,
     /// `both`: the event and the PUT.
     Both,
+}
+
+impl fmt::Display for UpdateKeysMode {
+    /// The value of `DECKHAND_UPDATE_KEYS` that selects this mode.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Amqp => "amqp",
+            Self::Api => "api",
+            Self::Both => "both",
+        })
+    }
 }
 
 /// Settings of a message-processing worker container.

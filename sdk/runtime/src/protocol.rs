@@ -28,7 +28,7 @@
 //!   of Sailor's `PUT /v1/accounts/{id}`.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -581,10 +581,9 @@ fn without_headers(p: &BasicProperties) -> BasicProperties {
 /// the product saturates at `u64::MAX` where JavaScript would switch to exponent notation
 /// (which the broker would refuse) — far beyond any real `REBOUND_LIMIT`.
 pub(crate) fn rebound_expiration_ms(initial_ms: u64, iteration: u32) -> u64 {
-    let factor = 1u64
-        .checked_shl(iteration.saturating_sub(1))
-        .unwrap_or(u64::MAX);
-    initial_ms.saturating_mul(factor)
+    let expiration = deckhand_core::retry::Backoff::exponential(Duration::from_millis(initial_ms))
+        .delay(iteration.saturating_sub(1));
+    u64::try_from(expiration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Everything needed to turn the events of one input message into publications.

@@ -40,9 +40,10 @@ use super::protocol::{
     startup_error_publication,
 };
 use deckhand_component::ComponentDescriptor;
-use deckhand_connector::{Connector, EmitError, Emitter, Event, Session, StepConfig};
+use deckhand_connector::{Connector, EmitError, Emitter, ErrorKind, Event, Session, StepConfig};
 use deckhand_core::auth::{KeysSink, KeysUpdate, SinkError};
 use deckhand_core::credentials::Credentials;
+use deckhand_core::retry::Failure;
 
 /// Exit status: success.
 pub const EXIT_OK: u8 = 0;
@@ -99,32 +100,98 @@ impl std::fmt::Debug for StepData {
 pub enum StartError {
     /// The step could not be loaded.
     #[error("loading the step: {0}")]
-    Step(String),
+    Step(#[from] StepError),
+    /// `DECKHAND_UPDATE_KEYS` asks for the platform API, which this step cannot reach.
+    #[error(
+        "DECKHAND_UPDATE_KEYS={mode} needs ELASTICIO_API_URI and an `_account` in the step config"
+    )]
+    UpdateKeysNeedsApi {
+        /// The configured mode (`api` or `both`).
+        mode: UpdateKeysMode,
+    },
     /// The step's credentials are not valid keys.
     #[error("the step's credentials: {0}")]
-    Credentials(String),
+    Credentials(#[from] deckhand_core::credentials::CredentialsError),
     /// AMQP could not be reached.
     #[error("{0}")]
     Transport(#[from] super::amqp::TransportError),
     /// The connector could not be set up.
     #[error("{0}")]
     Connector(#[from] deckhand_connector::ConnectorError),
+    /// `DECKHAND_STORE_URL` is set but the step names no account.
+    #[error("the credential store: DECKHAND_STORE_URL needs an `_account` in the step config")]
+    StoreNeedsAccount,
     /// The credential store (`DECKHAND_STORE_URL`) could not be used.
     #[error("the credential store: {0}")]
-    Store(String),
+    Store(#[from] deckhand_core::auth::store::StoreError),
+}
+
+/// Why the step definition could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The step file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The step file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The step file is not a step definition.
+    #[error("{}: {source}", path.display())]
+    Parse {
+        /// The step file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        source: serde_json::Error,
+    },
+    /// The platform API did not give the step.
+    #[error(transparent)]
+    Api(#[from] PlatformApiError),
+}
+
+/// A platform API request that failed, after Sailor's retries where they apply. Never
+/// carries the URL's credentials nor the API key.
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformApiError {
+    /// The HTTP client could not be built.
+    #[error("the platform API client: {0}")]
+    Client(reqwest::Error),
+    /// The API answered with a status that is not a success.
+    #[error("{request}: HTTP {status}")]
+    Status {
+        /// Method and URL, e.g. `GET https://api.example/v1/tasks/…`.
+        request: String,
+        /// The answer's status.
+        status: reqwest::StatusCode,
+    },
+    /// The request failed (connection, timeout) or its answer could not be read.
+    #[error("{request}: {source}")]
+    Request {
+        /// Method and URL.
+        request: String,
+        /// The failure, without the URL.
+        source: reqwest::Error,
+    },
 }
 
 /// Loads the step from the platform API (with Sailor's retries) or the step file.
 pub(crate) async fn load_step(
     source: &StepSource,
     cfg: &RuntimeConfig,
-) -> Result<StepData, String> {
+) -> Result<StepData, StepError> {
     match source {
         StepSource::File(path) => {
             let text = tokio::fs::read(path)
                 .await
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))
+                .map_err(|source| StepError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+            serde_json::from_slice(&text).map_err(|source| StepError::Parse {
+                path: path.clone(),
+                source,
+            })
         }
         StepSource::Api { uri, username, key } => {
             let url = format!(
@@ -136,33 +203,55 @@ pub(crate) async fn load_step(
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(15))
                 .build()
-                .map_err(|e| e.to_string())?;
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                let result = client
+                .map_err(PlatformApiError::Client)?;
+            let request = format!("GET {url}");
+            let response = platform_request(cfg.api_retry, &request, || {
+                client
                     .get(&url)
                     .basic_auth(username, Some(key.expose()))
                     .header("Connection", "Keep-Alive")
-                    .send()
-                    .await;
-                let retryable = match result {
-                    Ok(resp) if resp.status().is_success() => {
-                        return resp.json().await.map_err(|e| format!("GET {url}: {e}"));
-                    }
-                    Ok(resp) if resp.status().is_server_error() => {
-                        format!("GET {url}: HTTP {}", resp.status())
-                    }
-                    Ok(resp) => return Err(format!("GET {url}: HTTP {}", resp.status())),
-                    Err(e) => format!("GET {url}: {}", e.without_url()),
-                };
-                if attempt > cfg.api_retry.attempts {
-                    return Err(retryable);
-                }
-                tokio::time::sleep(cfg.api_retry.delay).await;
-            }
+            })
+            .await?;
+            let step = response
+                .json()
+                .await
+                .map_err(|e| PlatformApiError::Request {
+                    request,
+                    source: e.without_url(),
+                })?;
+            Ok(step)
         }
     }
+}
+
+/// Sends a platform API request with Sailor's retries: a failed request or a 5xx answer is
+/// sent again after the configured pause; a success is returned, any other answer is an error.
+async fn platform_request(
+    retry: super::config::ApiRetry,
+    what: &str,
+    request: impl Fn() -> reqwest::RequestBuilder,
+) -> Result<reqwest::Response, PlatformApiError> {
+    deckhand_core::retry::run(&retry.policy(), |_| async {
+        match request().send().await {
+            Ok(resp) if resp.status().is_success() => Ok(resp),
+            Ok(resp) => {
+                let error = PlatformApiError::Status {
+                    request: what.to_owned(),
+                    status: resp.status(),
+                };
+                Err(if resp.status().is_server_error() {
+                    Failure::transient(error)
+                } else {
+                    Failure::permanent(error)
+                })
+            }
+            Err(e) => Err(Failure::transient(PlatformApiError::Request {
+                request: what.to_owned(),
+                source: e.without_url(),
+            })),
+        }
+    })
+    .await
 }
 
 /// Splits a step's merged config into fields and the credential (with its token under the
@@ -173,13 +262,9 @@ pub(crate) fn step_config(
 ) -> Result<StepConfig, StartError> {
     let fields = descriptor.credential_fields();
     let mut config =
-        StepConfig::from_merged_config(step.config.clone(), &fields, step.snapshot.clone())
-            .map_err(|e| StartError::Credentials(e.to_string()))?;
+        StepConfig::from_merged_config(step.config.clone(), &fields, step.snapshot.clone())?;
     if let (Some(field), Some(creds)) = (descriptor.oauth_field(), &config.credentials) {
-        config.credentials = Some(
-            Credentials::with_token_field(creds.to_keys(), field)
-                .map_err(|e| StartError::Credentials(e.to_string()))?,
-        );
+        config.credentials = Some(Credentials::with_token_field(creds.to_keys(), field)?);
     }
     if config.snapshot.is_null() {
         config.snapshot = Value::Object(Map::new());
@@ -220,12 +305,12 @@ impl KeysSink for AmqpKeysSink {
                 keys: update.keys(),
                 generation: update.generation,
             })
-            .map_err(|e| SinkError(e.to_string()))?;
+            .map_err(|e| SinkError::Publish(e.to_string()))?;
         for publication in &publications {
             self.publisher
                 .publish(publication)
                 .await
-                .map_err(|e| SinkError(format!("publishing updateKeys: {e}")))?;
+                .map_err(|e| SinkError::Publish(e.to_string()))?;
         }
         tracing::info!(
             generation = update.generation,
@@ -275,33 +360,15 @@ impl ApiKeysSink {
 impl KeysSink for ApiKeysSink {
     async fn persist(&self, update: &KeysUpdate) -> Result<(), SinkError> {
         let body = serde_json::json!({ "keys": update.keys() });
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let result = self
-                .http
+        platform_request(self.retry, &format!("PUT {}", self.url), || {
+            self.http
                 .put(&self.url)
                 .basic_auth(&self.username, Some(self.key.expose()))
                 .json(&body)
-                .send()
-                .await;
-            let failure = match result {
-                Ok(resp) if resp.status().is_success() => return Ok(()),
-                Ok(resp) if !resp.status().is_server_error() => {
-                    return Err(SinkError(format!(
-                        "PUT {}: HTTP {}",
-                        self.url,
-                        resp.status()
-                    )));
-                }
-                Ok(resp) => format!("PUT {}: HTTP {}", self.url, resp.status()),
-                Err(e) => format!("PUT {}: {}", self.url, e.without_url()),
-            };
-            if attempt > self.retry.attempts {
-                return Err(SinkError(failure));
-            }
-            tokio::time::sleep(self.retry.delay).await;
-        }
+        })
+        .await
+        .map(drop)
+        .map_err(|e| SinkError::Api(e.to_string()))
     }
 }
 
@@ -383,7 +450,7 @@ impl Emitter for AmqpEmitter {
             // The component passed on the error its failed emit returned, which was already
             // published as an error event: one failure, one error event.
             Event::Error(error)
-                if error.name == "EmitError"
+                if error.name == ErrorKind::EmitError.name()
                     && self.reported_failures().contains(&error.message) =>
             {
                 return Ok(());
@@ -533,9 +600,7 @@ impl<C: Connector> Worker<C> {
         for notice in &cfg.notices {
             tracing::warn!(variable = %notice.var, "{}", notice.reason);
         }
-        let step = load_step(&cfg.step_source, &cfg)
-            .await
-            .map_err(StartError::Step)?;
+        let step = load_step(&cfg.step_source, &cfg).await?;
         let flags = StepFlags {
             is_passthrough: step.is_passthrough,
             account_id: step
@@ -555,11 +620,8 @@ impl<C: Connector> Worker<C> {
             (UpdateKeysMode::Amqp, _) => Arc::new(amqp_sink),
             (UpdateKeysMode::Api, Some(api)) => Arc::new(api),
             (UpdateKeysMode::Both, Some(api)) => Arc::new(BothSinks(amqp_sink, api)),
-            (UpdateKeysMode::Api | UpdateKeysMode::Both, None) => {
-                return Err(StartError::Step(
-                    "DECKHAND_UPDATE_KEYS=api needs ELASTICIO_API_URI and an `_account` in the step config"
-                        .into(),
-                ));
+            (mode @ (UpdateKeysMode::Api | UpdateKeysMode::Both), None) => {
+                return Err(StartError::UpdateKeysNeedsApi { mode });
             }
         };
         let (step_config, shared, relay) = match &cfg.credential_store {
@@ -752,21 +814,18 @@ async fn attach_store(
     let Some(credentials) = step.credentials.clone() else {
         return Ok((step, None, None));
     };
-    let account = flags.account_id.as_deref().ok_or_else(|| {
-        StartError::Store("DECKHAND_STORE_URL needs an `_account` in the step config".into())
-    })?;
-    let account = AccountId::new(account).map_err(|e| StartError::Store(e.to_string()))?;
+    let account = flags
+        .account_id
+        .as_deref()
+        .ok_or(StartError::StoreNeedsAccount)?;
+    let account = AccountId::new(account)?;
     let store = PgCredentialStore::connect(
         settings.url.expose(),
         settings.keys.clone(),
         settings.options(),
     )
-    .await
-    .map_err(|e| StartError::Store(e.to_string()))?;
-    let stored = store
-        .seed(&account, &credentials, 0)
-        .await
-        .map_err(|e| StartError::Store(e.to_string()))?;
+    .await?;
+    let stored = store.seed(&account, &credentials, 0).await?;
     tracing::info!(
         account = %account,
         generation = stored.generation,
@@ -786,7 +845,7 @@ async fn attach_store(
             + Sync,
     > = Arc::new(move |entry: OutboxEntry| {
         let sink = sink.clone();
-        Box::pin(async move { sink.persist(&entry.update).await.map_err(|e| e.0) })
+        Box::pin(async move { sink.persist(&entry.update).await.map_err(|e| e.to_string()) })
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {

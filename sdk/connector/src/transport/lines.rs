@@ -98,7 +98,7 @@ impl KeysSink for FileKeysSink {
             });
             lines
                 .write(&notice)
-                .map_err(|e| SinkError(format!("writing the updateKeys line: {e}")))?;
+                .map_err(|e| SinkError::Storage(format!("writing the updateKeys line: {e}")))?;
         }
         Ok(())
     }

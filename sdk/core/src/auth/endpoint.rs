@@ -11,12 +11,12 @@ use oauth2::{
     AccessToken, AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse, RefreshToken,
     RequestTokenError, Scope, StandardRevocableToken, TokenUrl,
 };
-use rand::Rng;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 use url::Url;
 
 use crate::credentials::{Secret, TokenSet};
+use crate::retry;
 
 use super::{AuthError, TransientFailure};
 
@@ -62,15 +62,17 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let delay = retry_after.unwrap_or_else(|| {
-            let exp = self
-                .initial_backoff
-                .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
-            let jitter = rand::rng().random_range(0.8..1.2);
-            exp.mul_f64(jitter)
-        });
-        delay.min(self.max_backoff)
+    /// The policy as run: doubling from `initial_backoff` with ±20 % jitter, capped at
+    /// `max_backoff`; a `Retry-After` beyond the cap ends the attempts (the manager then holds
+    /// every caller of the credential until it has passed).
+    fn policy(&self) -> retry::Policy {
+        retry::Policy::new(
+            retry::Backoff::exponential(self.initial_backoff)
+                .with_cap(self.max_backoff)
+                .with_jitter_percent(20),
+        )
+        .with_max_attempts(self.max_attempts)
+        .with_long_retry_after(retry::LongRetryAfter::GiveUp)
     }
 }
 
@@ -240,6 +242,7 @@ impl TokenEndpoint {
             });
         }
         let mut attempts = 0;
+        let mut schedule = self.retry.policy().attempts();
         let mut lost_answers = 0;
         loop {
             attempts += 1;
@@ -280,6 +283,7 @@ impl TokenEndpoint {
                 if lost_answers > 1 {
                     return Err(give_up(error, lost_answers));
                 }
+                schedule.failed_without_pause();
                 tracing::warn!(
                     target: "deckhand_core::auth",
                     attempt = attempts,
@@ -288,12 +292,9 @@ impl TokenEndpoint {
                 );
                 continue;
             }
-            if attempts >= self.retry.max_attempts.max(1)
-                || retry_after.is_some_and(|d| d > self.retry.max_backoff)
-            {
+            let Some(delay) = schedule.next_delay(retry_after) else {
                 return Err(give_up(error, lost_answers));
-            }
-            let delay = self.retry.delay(attempts, retry_after);
+            };
             tracing::debug!(
                 attempt = attempts,
                 delay_ms = delay.as_millis() as u64,
@@ -428,7 +429,10 @@ async fn send(
     })?;
     let status = response.status();
     status_out.store(status.as_u16(), Ordering::Relaxed);
-    let retry_after = retry_after(response.headers());
+    let retry_after = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(retry::retry_after);
     let content_type = response.headers().get(http::header::CONTENT_TYPE).cloned();
     let body = response
         .bytes()
@@ -484,20 +488,6 @@ fn network_reason(e: &reqwest::Error) -> String {
     };
     // reqwest's Display carries the URL, which is not a secret (tokens travel in the body).
     format!("{kind}: {e}")
-}
-
-fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
-    if let Ok(secs) = value.trim().parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value.trim()).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
-}
-
-#[allow(dead_code)]
-pub(crate) fn parse_retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    retry_after(headers)
 }
 
 enum Attempt {

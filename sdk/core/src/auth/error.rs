@@ -140,19 +140,69 @@ impl AuthError {
         )
     }
 
-    /// The failure kind as a short label for metrics and logs.
-    pub fn kind(&self) -> &'static str {
+    /// The failure kind, for metrics and logs.
+    pub fn kind(&self) -> FailureKind {
         match self {
-            Self::ReauthRequired { .. } | Self::NoRefreshToken => "reauth_required",
-            Self::RotationLost { .. } => "rotation_lost",
-            Self::TokenEndpointUnavailable { .. } => "transient",
-            Self::RefreshPaused { .. } => "paused",
-            Self::SpentRefreshToken { .. } => "spent_refresh_token",
-            Self::UnexpectedStatus { .. } | Self::Config(_) => "config",
-            Self::MalformedTokenResponse { .. } => "malformed",
-            Self::KeysNotPersisted { .. } => "sink",
-            Self::RejectedAfterRefresh { .. } | Self::NotReplayable { .. } => "rejected",
+            Self::ReauthRequired { .. } | Self::NoRefreshToken => FailureKind::ReauthRequired,
+            Self::RotationLost { .. } => FailureKind::RotationLost,
+            Self::TokenEndpointUnavailable { .. } => FailureKind::Transient,
+            Self::RefreshPaused { .. } => FailureKind::Paused,
+            Self::SpentRefreshToken { .. } => FailureKind::SpentRefreshToken,
+            Self::UnexpectedStatus { .. } | Self::Config(_) => FailureKind::Config,
+            Self::MalformedTokenResponse { .. } => FailureKind::Malformed,
+            Self::KeysNotPersisted { .. } => FailureKind::Sink,
+            Self::RejectedAfterRefresh { .. } | Self::NotReplayable { .. } => FailureKind::Rejected,
         }
+    }
+}
+
+/// The kind of an [`AuthError`], as metrics count it and logs label it
+/// ([`as_str`](Self::as_str)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The provider refused the grant, or there is no refresh token: a person must authorize
+    /// the credential again.
+    ReauthRequired,
+    /// A rotated refresh token was lost after the provider issued it.
+    RotationLost,
+    /// The token endpoint failed on every attempt.
+    Transient,
+    /// Token requests are paused (`Retry-After`, minimum refresh interval).
+    Paused,
+    /// The refresh token was already used by someone else.
+    SpentRefreshToken,
+    /// Configuration, or a status the token endpoint should never answer.
+    Config,
+    /// The token response could not be read.
+    Malformed,
+    /// The keys sink failed to persist rotated keys.
+    Sink,
+    /// The API refused the fresh token, or the request could not be sent again.
+    Rejected,
+}
+
+impl FailureKind {
+    /// The label in logs: `reauth_required`, `rotation_lost`, `transient`, `paused`,
+    /// `spent_refresh_token`, `config`, `malformed`, `sink`, `rejected`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::ReauthRequired => "reauth_required",
+            Self::RotationLost => "rotation_lost",
+            Self::Transient => "transient",
+            Self::Paused => "paused",
+            Self::SpentRefreshToken => "spent_refresh_token",
+            Self::Config => "config",
+            Self::Malformed => "malformed",
+            Self::Sink => "sink",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

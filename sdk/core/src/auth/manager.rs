@@ -10,6 +10,7 @@ use rand::Rng;
 
 use crate::credentials::{Credentials, Secret};
 
+use super::SinkError;
 use super::endpoint::{Failed, Issued};
 use super::metrics::Counters;
 use super::store::{StoreBinding, StoreRefresh};
@@ -851,7 +852,7 @@ impl Inner {
                     generation = current.generation,
                     duration_ms,
                     token_requests,
-                    outcome = err.kind(),
+                    outcome = %err.kind(),
                     error = %err,
                     "{what}"
                 );
@@ -1134,15 +1135,15 @@ impl Inner {
         let attempt = AssertUnwindSafe(self.sink.persist(&update)).catch_unwind();
         let failure = match tokio::time::timeout(self.sink_timeout, attempt).await {
             Ok(Ok(Ok(()))) => None,
-            Ok(Ok(Err(e))) => Some(e.0),
-            Ok(Err(_panic)) => Some("the keys sink panicked".to_owned()),
-            Err(_) => Some(format!(
-                "the keys sink did not answer within {:?}",
-                self.sink_timeout
-            )),
+            Ok(Ok(Err(e))) => Some(e),
+            Ok(Err(_panic)) => Some(SinkError::Panicked),
+            Err(_) => Some(SinkError::TimedOut(self.sink_timeout)),
         };
-        if let Some(reason) = failure {
-            return Err(AuthError::KeysNotPersisted { generation, reason });
+        if let Some(error) = failure {
+            return Err(AuthError::KeysNotPersisted {
+                generation,
+                reason: error.to_string(),
+            });
         }
         let fresh = Arc::new(Current::new(
             update.credentials,

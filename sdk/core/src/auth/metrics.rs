@@ -1,5 +1,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::FailureKind;
+
 /// Counters of one [`TokenManager`](super::TokenManager), readable at any time.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -54,13 +56,17 @@ impl Counters {
         self.stale_served.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn failed(&self, kind: &str) {
+    pub(crate) fn failed(&self, kind: FailureKind) {
         let counter = match kind {
-            "reauth_required" => &self.failures_reauth,
-            "transient" => &self.failures_transient,
-            "malformed" => &self.failures_malformed,
-            "sink" => &self.failures_sink,
-            _ => &self.failures_other,
+            FailureKind::ReauthRequired => &self.failures_reauth,
+            FailureKind::Transient => &self.failures_transient,
+            FailureKind::Malformed => &self.failures_malformed,
+            FailureKind::Sink => &self.failures_sink,
+            FailureKind::RotationLost
+            | FailureKind::Paused
+            | FailureKind::SpentRefreshToken
+            | FailureKind::Config
+            | FailureKind::Rejected => &self.failures_other,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -78,5 +84,46 @@ impl Counters {
             failures_sink: get(&self.failures_sink),
             failures_other: get(&self.failures_other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_kind_has_its_counter() {
+        let counters = Counters::default();
+        for kind in [
+            FailureKind::ReauthRequired,
+            FailureKind::Transient,
+            FailureKind::Transient,
+            FailureKind::Malformed,
+            FailureKind::Sink,
+            FailureKind::RotationLost,
+            FailureKind::Paused,
+            FailureKind::SpentRefreshToken,
+            FailureKind::Config,
+            FailureKind::Rejected,
+        ] {
+            counters.failed(kind);
+        }
+        let m = counters.snapshot();
+        assert_eq!(
+            (
+                m.failures_reauth,
+                m.failures_transient,
+                m.failures_malformed,
+                m.failures_sink,
+                m.failures_other
+            ),
+            (1, 2, 1, 1, 5)
+        );
+        // The labels logs carry.
+        assert_eq!(FailureKind::ReauthRequired.to_string(), "reauth_required");
+        assert_eq!(
+            FailureKind::SpentRefreshToken.as_str(),
+            "spent_refresh_token"
+        );
     }
 }

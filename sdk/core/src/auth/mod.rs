@@ -75,7 +75,7 @@ mod strategy;
 pub use clock::ManualClock;
 pub use clock::{Clock, SystemClock};
 pub use endpoint::{ClientAuth, Grant, RetryPolicy, TokenEndpoint};
-pub use error::{AuthError, PauseCause, TransientFailure};
+pub use error::{AuthError, FailureKind, PauseCause, TransientFailure};
 pub use manager::{Authorization, TokenManager, TokenManagerBuilder};
 pub use metrics::AuthMetrics;
 pub use middleware::{BearerAuth, api_http_client};

@@ -29,15 +29,39 @@ impl KeysUpdate {
     }
 }
 
-/// Why a [`KeysSink`] could not persist an update. The message must not contain secrets.
+/// Why a [`KeysSink`] could not persist an update. Messages never contain secrets.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct SinkError(pub String);
+#[non_exhaustive]
+pub enum SinkError {
+    /// Writing the keys locally failed (the credentials file, the `updateKeys` line).
+    #[error("{0}")]
+    Storage(String),
+    /// The `updateKeys` message could not be published or was not confirmed.
+    #[error("publishing updateKeys: {0}")]
+    Publish(String),
+    /// The platform API did not store the keys.
+    #[error("{0}")]
+    Api(String),
+    /// The sink panicked.
+    #[error("the keys sink panicked")]
+    Panicked,
+    /// The sink did not answer in time.
+    #[error("the keys sink did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
+    /// Any other failure of a sink (a callback's own).
+    #[error("{0}")]
+    Other(String),
+}
 
 impl SinkError {
+    /// A sink error with `message`.
+    pub fn other(message: impl Into<String>) -> Self {
+        Self::Other(message.into())
+    }
+
     /// A sink error from any error's message.
     pub fn from_error(err: &dyn std::error::Error) -> Self {
-        Self(err.to_string())
+        Self::Other(err.to_string())
     }
 }
 
@@ -106,7 +130,7 @@ impl KeysSink for MemorySink {
         let mut state = self.lock();
         if state.failures_left > 0 {
             state.failures_left -= 1;
-            return Err(SinkError("memory sink told to fail".into()));
+            return Err(SinkError::other("memory sink told to fail"));
         }
         state.updates.push(update.clone());
         Ok(())
@@ -166,7 +190,7 @@ impl KeysSink for CredentialsFile {
         let credentials = update.credentials.clone();
         tokio::task::spawn_blocking(move || file.store(&credentials))
             .await
-            .map_err(|e| SinkError(format!("writing the credentials file: {e}")))?
-            .map_err(|e| SinkError(e.to_string()))
+            .map_err(|e| SinkError::Storage(format!("writing the credentials file: {e}")))?
+            .map_err(|e| SinkError::Storage(e.to_string()))
     }
 }

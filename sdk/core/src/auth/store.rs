@@ -32,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 
 use crate::credentials::Credentials;
+use crate::retry;
 
 use super::endpoint::{Failed, Issued};
 use super::metrics::Counters;
@@ -570,21 +571,27 @@ impl StoreBinding {
         lease: &Lease,
         update: KeysUpdate,
     ) -> Result<StoreRefresh, AuthError> {
-        let give_up = Instant::now() + self.wait_bound;
-        let mut delay = Duration::from_millis(100);
+        let mut schedule = retry::Policy::new(
+            retry::Backoff::exponential(Duration::from_millis(100))
+                .with_cap(Duration::from_secs(2)),
+        )
+        .with_max_elapsed(self.wait_bound)
+        .attempts();
         let commit = loop {
-            match self.store.commit(lease, &update).await {
+            let error = match self.store.commit(lease, &update).await {
                 Ok(commit) => break commit,
-                Err(e) if Instant::now() + delay < give_up => {
-                    tracing::warn!(target: "deckhand::store", account = %self.account, generation = update.generation, error = %e, "committing rotated keys failed; retrying");
+                Err(e) => e,
+            };
+            match schedule.next_delay(None) {
+                Some(delay) => {
+                    tracing::warn!(target: "deckhand::store", account = %self.account, generation = update.generation, error = %error, "committing rotated keys failed; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
                 }
-                Err(e) => {
-                    tracing::error!(target: "deckhand::store", account = %self.account, generation = update.generation, error = %e, "rotated keys could not be committed to the credential store; kept in memory");
+                None => {
+                    tracing::error!(target: "deckhand::store", account = %self.account, generation = update.generation, error = %error, "rotated keys could not be committed to the credential store; kept in memory");
                     let error = AuthError::KeysNotPersisted {
                         generation: update.generation,
-                        reason: e.to_string(),
+                        reason: error.to_string(),
                     };
                     return Ok(StoreRefresh::Unpersisted { update, error });
                 }

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use async_trait::async_trait;
 use deckhand::auth::{Grant, Strategy, TokenEndpoint};
 use deckhand::connector::{
-    AuthSetup, Connector, ConnectorError, Context, ErrorPayload, Function, Input, Message,
-    Verification, VerifyContext,
+    AuthSetup, Connector, ConnectorError, Context, ErrorKind, ErrorPayload, Function, Input,
+    Message, Verification, VerifyContext,
 };
 use deckhand::credentials::Credentials;
 use serde_json::{Value, json};
@@ -17,8 +17,8 @@ struct Petstore;
 
 fn field<'a>(credentials: &'a Credentials, name: &str) -> Result<&'a str, ConnectorError> {
     credentials.field_str(name).ok_or_else(|| {
-        ConnectorError::named(
-            "InvalidCredentials",
+        ConnectorError::new(
+            ErrorKind::InvalidCredentials,
             format!("credential field `{name}` is required"),
         )
     })
@@ -115,7 +115,10 @@ impl Connector for Petstore {
                 ctx.emit_snapshot(json!({ "lastId": last })).await?;
                 Ok(())
             }
-            other => Err(ConnectorError::named("UnknownFunction", other.to_owned())),
+            other => Err(ConnectorError::new(
+                ErrorKind::UnknownFunction,
+                other.to_owned(),
+            )),
         }
     }
 }
