@@ -22,12 +22,21 @@
 //! `scenario=… lost=… duplicates=… dropped_distinct=… error_routed=…/expected failover_s=… elapsed_s=…`:
 //!
 //! * `lost`: good messages with no output; `dropped_distinct`: of those, the ones sharing
-//!   their id with another message; `duplicates`: outputs beyond one per message;
+//!   their id with another message; `duplicates`: outputs beyond one per message, split into
+//!   `rerun` (the input ran again: a new `messageId`) and `republished` (the same output
+//!   published again after its broker confirm was lost with the connection: same `messageId`
+//!   and `publishId`);
+//! * `downstream_duplicates` / `downstream_lost`: the same count one step further. A second
+//!   echo worker (the downstream step, on a node no scenario touches, no faults of its own)
+//!   consumes a copy of every output after the scenario. A republished copy cannot be kept out
+//!   of the output queue — no publisher can tell a lost confirm from a lost message, so it
+//!   publishes again (at-least-once) — but the downstream step recognises it and does not run
+//!   it twice (`deckhand_runtime::dedup`);
 //! * `error_routed`: error events (one per malformed input expected);
 //! * `failover_s`: the longest time from a fault to the next output.
 //!
 //! The exit status is non-zero if a scenario lost or dropped a message, mis-routed errors, or
-//! (except `sigkill`) duplicated one.
+//! (except `sigkill`) ran an input twice or let the downstream step run a copy twice.
 
 use std::collections::HashMap;
 use std::error::Error;
@@ -201,17 +210,24 @@ struct Figures {
     republished: usize,
     rerun: usize,
     first_errors: Vec<String>,
+    /// Inputs with no output / with more than one at the downstream step.
+    downstream_lost: usize,
+    downstream_duplicates: usize,
+    downstream_errors: u32,
+    downstream_worker_errors: u64,
 }
 
 impl Figures {
     fn line(&self, scenario: Scenario) -> String {
         let mut line = format!(
-            "scenario={} lost={} duplicates={} (rerun={} republished={}) dropped_distinct={} error_routed={}/{} failover_s={:.2} elapsed_s={:.1} dead_lettered={} worker_error_lines={}",
+            "scenario={} lost={} duplicates={} (rerun={} republished={}) downstream_duplicates={} downstream_lost={} dropped_distinct={} error_routed={}/{} failover_s={:.2} elapsed_s={:.1} dead_lettered={} worker_error_lines={}",
             scenario.name(),
             self.lost,
             self.duplicates,
             self.rerun,
             self.republished,
+            self.downstream_duplicates,
+            self.downstream_lost,
             self.dropped_distinct,
             self.error_routed,
             self.expected_errors,
@@ -225,6 +241,12 @@ impl Figures {
                 " (at-least-once: a SIGKILL may duplicate what was processed but not acked)",
             );
         }
+        if self.downstream_errors > 0 || self.downstream_worker_errors > 0 {
+            line.push_str(&format!(
+                " downstream_error_events={} downstream_worker_error_lines={}",
+                self.downstream_errors, self.downstream_worker_errors
+            ));
+        }
         for error in &self.first_errors {
             line.push_str("\n  worker ERROR: ");
             line.push_str(error);
@@ -232,11 +254,18 @@ impl Figures {
         line
     }
 
+    /// Copies in the output queue from republished outputs (`republished`) are what
+    /// at-least-once publishing leaves after a lost confirm; they pass as long as the downstream
+    /// step runs none of them twice. An input run twice (`rerun`) or a copy run twice downstream
+    /// fails, except after a SIGKILL.
     fn acceptable(&self, scenario: Scenario) -> bool {
         self.lost == 0
+            && self.downstream_lost == 0
             && self.dropped_distinct == 0
             && self.error_routed as usize == self.expected_errors
-            && (scenario == Scenario::Sigkill || self.duplicates == 0)
+            && self.downstream_errors == 0
+            && (scenario == Scenario::Sigkill
+                || (self.rerun == 0 && self.downstream_duplicates == 0))
     }
 }
 
@@ -252,6 +281,11 @@ struct Names {
     output: String,
     errors: String,
     dead: String,
+    /// A second copy of every output (bound like `output`): the input of the downstream step.
+    downstream: String,
+    /// The downstream step's data and error outputs.
+    downstream_out: String,
+    downstream_errors: String,
 }
 
 async fn connect(uri: &str) -> Result<(Connection, Channel), String> {
@@ -303,6 +337,9 @@ async fn declare(channel: &Channel, names: &Names, quorum: bool) -> Result<(), S
         queue(&names.output, "step.message", false),
         queue(&names.errors, "step.error", false),
         queue(&names.dead, "dead", false),
+        queue(&names.downstream, "step.message", false),
+        queue(&names.downstream_out, "step2.message", false),
+        queue(&names.downstream_errors, "step2.error", false),
     ] {
         channel
             .queue_declare(
@@ -444,6 +481,9 @@ async fn run_scenario(
         output: format!("chaos-{id}-out"),
         errors: format!("chaos-{id}-errors"),
         dead: format!("chaos-{id}-dead"),
+        downstream: format!("chaos-{id}-step2-in"),
+        downstream_out: format!("chaos-{id}-step2-out"),
+        downstream_errors: format!("chaos-{id}-step2-errors"),
     };
     let cipher = MessageCipher::new(CRYPTO_PASSWORD, CRYPTO_IV).map_err(|e| e.to_string())?;
     // Worker's node: node 1 (for the node stop, node 1 is the one stopped; counting and
@@ -622,49 +662,15 @@ async fn run_scenario(
     }
     let elapsed = started.elapsed();
 
+    // The downstream step: a second echo worker consumes the copy of every output (no faults
+    // of its own). Copies that the fault left in the output queue run twice only if it does
+    // not recognise them.
+    let downstream =
+        run_downstream(args, echo, cluster, &env, &names, &admin_conn, &mut admin).await?;
+
     // Count the outputs per message.
-    let mut seen: HashMap<usize, Vec<String>> = HashMap::new();
-    let total = count(&admin_conn, &mut admin, &names.output)
-        .await
-        .ok_or("the output queue is unreachable")? as usize;
-    admin
-        .basic_qos(1000, Default::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut consumer = admin
-        .basic_consume(
-            names.output.clone().into(),
-            "chaos-drain".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| format!("drain the output: {e}"))?;
-    for _ in 0..total {
-        let Ok(Some(Ok(delivery))) =
-            tokio::time::timeout(Duration::from_secs(10), consumer.next()).await
-        else {
-            return Err("draining the output stalled".into());
-        };
-        let plain = cipher
-            .decrypt(&delivery.data, ProtocolVersion::V1)
-            .map_err(|e| format!("an output does not decrypt: {e}"))?;
-        let message: Value = serde_json::from_slice(&plain).map_err(|e| e.to_string())?;
-        let i = message["body"]["i"]
-            .as_u64()
-            .ok_or("an output without its input's number")? as usize;
-        let message_id = delivery
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get("messageId").cloned())
-            .map(|v| format!("{v:?}"))
-            .unwrap_or_default();
-        seen.entry(i).or_default().push(message_id);
-    }
+    let seen = drain(&mut admin, &admin_conn, &names.output, &cipher).await?;
+    let seen_downstream = drain(&mut admin, &admin_conn, &names.downstream_out, &cipher).await?;
     let mut figures = Figures {
         error_routed: count(&admin_conn, &mut admin, &names.errors)
             .await
@@ -677,6 +683,10 @@ async fn run_scenario(
         elapsed,
         worker_errors,
         first_errors,
+        downstream_errors: count(&admin_conn, &mut admin, &names.downstream_errors)
+            .await
+            .unwrap_or(0),
+        downstream_worker_errors: downstream.worker_errors,
         ..Figures::default()
     };
     for (k, shared) in sent.shared.iter().enumerate() {
@@ -697,9 +707,21 @@ async fn run_scenario(
                 figures.republished += ids.len() - distinct.len();
             }
         }
+        match seen_downstream.get(&k) {
+            None => figures.downstream_lost += 1,
+            Some(ids) => figures.downstream_duplicates += ids.len() - 1,
+        }
     }
     // Everything of this scenario goes; the queues are durable, so delete them explicitly.
-    for queue in [&names.input, &names.output, &names.errors, &names.dead] {
+    for queue in [
+        &names.input,
+        &names.output,
+        &names.errors,
+        &names.dead,
+        &names.downstream,
+        &names.downstream_out,
+        &names.downstream_errors,
+    ] {
         let _ = admin
             .queue_delete(queue.clone().into(), Default::default())
             .await;
@@ -709,6 +731,134 @@ async fn run_scenario(
         .await;
     let _ = admin_conn.close(200, "OK".into()).await;
     Ok(figures)
+}
+
+/// The outputs in `queue`, consumed, by input number: the `messageId` of each copy.
+async fn drain(
+    admin: &mut Channel,
+    admin_conn: &Connection,
+    queue: &str,
+    cipher: &MessageCipher,
+) -> Result<HashMap<usize, Vec<String>>, String> {
+    let mut seen: HashMap<usize, Vec<String>> = HashMap::new();
+    let total = count(admin_conn, admin, queue)
+        .await
+        .ok_or_else(|| format!("the queue {queue} is unreachable"))? as usize;
+    admin
+        .basic_qos(1000, Default::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut consumer = admin
+        .basic_consume(
+            queue.to_owned().into(),
+            format!("chaos-drain-{queue}").into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("drain {queue}: {e}"))?;
+    for _ in 0..total {
+        let Ok(Some(Ok(delivery))) =
+            tokio::time::timeout(Duration::from_secs(10), consumer.next()).await
+        else {
+            return Err(format!("draining {queue} stalled"));
+        };
+        let plain = cipher
+            .decrypt(&delivery.data, ProtocolVersion::V1)
+            .map_err(|e| format!("an output does not decrypt: {e}"))?;
+        let message: Value = serde_json::from_slice(&plain).map_err(|e| e.to_string())?;
+        let i = message["body"]["i"]
+            .as_u64()
+            .ok_or("an output without its input's number")? as usize;
+        let message_id = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("messageId").cloned())
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default();
+        seen.entry(i).or_default().push(message_id);
+    }
+    let _ = admin.basic_cancel(consumer.tag(), Default::default()).await;
+    Ok(seen)
+}
+
+struct Downstream {
+    worker_errors: u64,
+}
+
+/// Runs the downstream step (an echo worker on node 2, which no scenario stops) until its
+/// input queue is empty and its output stops growing, then stops it with SIGTERM.
+async fn run_downstream(
+    args: &Args,
+    echo: &Path,
+    cluster: &Cluster,
+    upstream_env: &[(String, String)],
+    names: &Names,
+    admin_conn: &Connection,
+    admin: &mut Channel,
+) -> Result<Downstream, String> {
+    let mut env: Vec<(String, String)> = upstream_env.to_vec();
+    for (key, value) in [
+        ("ELASTICIO_STEP_ID", "step_2".to_owned()),
+        ("ELASTICIO_AMQP_URIS", cluster.uri(1)),
+        ("ELASTICIO_LISTEN_MESSAGES_ON", names.downstream.clone()),
+        ("ELASTICIO_DATA_ROUTING_KEY", "step2.message".to_owned()),
+        ("ELASTICIO_ERROR_ROUTING_KEY", "step2.error".to_owned()),
+        ("ELASTICIO_REBOUND_ROUTING_KEY", "step2.rebound".to_owned()),
+        (
+            "ELASTICIO_SNAPSHOT_ROUTING_KEY",
+            "step2.snapshot".to_owned(),
+        ),
+    ] {
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_owned(), value));
+    }
+    let mut worker = Process::spawn(worker_command(echo, &env), "downstream worker")?;
+    let mut last = (u32::MAX, 0);
+    let mut settled_polls = 0;
+    let mut last_growth = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let waiting = count(admin_conn, admin, &names.downstream).await;
+        let out = count(admin_conn, admin, &names.downstream_out).await;
+        let (Some(waiting), Some(out)) = (waiting, out) else {
+            continue;
+        };
+        if out != last.1 {
+            last_growth = Instant::now();
+        }
+        // Empty input and the same output for a second: everything delivered was processed
+        // (the worker settles an input only after its output was confirmed).
+        settled_polls = if waiting == 0 && (waiting, out) == last {
+            settled_polls + 1
+        } else {
+            0
+        };
+        last = (waiting, out);
+        if settled_polls >= 4 {
+            break;
+        }
+        if last_growth.elapsed() > Duration::from_secs(args.stall_secs) {
+            let _ = worker.stop().await;
+            return Err(format!(
+                "the downstream step stalled at {out} outputs; its log:\n{}",
+                worker.tail_lines(10)
+            ));
+        }
+    }
+    let stopped = worker.stop().await;
+    let worker_errors = worker.log_summary().1;
+    if let Err(e) = stopped {
+        return Err(format!(
+            "the downstream worker did not stop cleanly: {e}\n{}",
+            worker.tail_lines(10)
+        ));
+    }
+    Ok(Downstream { worker_errors })
 }
 
 /// `(node, connection pid)` of every worker connection on the running nodes.

@@ -816,12 +816,15 @@ fn assert_version_header(got: &Got, version: ProtocolVersion, from: &str) {
 }
 
 /// What a consumer sees of a publication besides the values: each header's name and AMQP
-/// type, and every other property.
+/// type, and every other property. `publishId` is left out: a Deckhand addition (the same on
+/// every attempt of one publish, so a downstream Deckhand step recognises a republished copy)
+/// that Sailor neither sends nor reads.
 fn wire_shape(got: &Got) -> (Vec<String>, String) {
     let mut headers: Vec<String> = got
         .headers
         .inner()
         .iter()
+        .filter(|(name, _)| name.as_str() != "publishId")
         .map(|(name, value)| {
             let debug = format!("{value:?}");
             let kind = debug.split('(').next().unwrap_or_default().to_owned();
@@ -1328,4 +1331,161 @@ async fn sailor_and_deckhand_interoperate_with_protocol_v1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sailor_and_deckhand_interoperate_with_protocol_v2() {
     sailor_and_deckhand_interoperate(ProtocolVersion::V2).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The official runtime's updateKeys against Deckhand's platform service
+// ---------------------------------------------------------------------------------------------
+
+/// The official Sailor loads its step from `deckhand-platform`'s API and its component emits
+/// `updateKeys`, which Sailor sends as `PUT /v1/accounts/{id}` (no lineage): every update lands
+/// through the platform's fencing — applied last-write-wins and counted as unfenced, a replay
+/// of older keys dropped as stale, the same keys twice a no-op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sailor_update_keys_land_through_the_platforms_fencing() {
+    use deckhand_platform::api::{ApiOptions, serve};
+    use deckhand_platform::{CryptoSettings, Platform, StepDefinition};
+
+    init_tracing();
+    let dir = sailor_install().await;
+    let schema = deckhand_tests::postgres::TestSchema::new().await;
+    let platform = Platform::connect(&schema.url, schema.keys(), &schema.schema, None)
+        .await
+        .expect("the platform connects");
+    let keys =
+        |rt: &str| json!({"oauth": {"refresh_token": rt, "access_token": format!("at-{rt}")}});
+    platform
+        .create_account("acc-node", keys("node-rt0"))
+        .await
+        .unwrap();
+    let mut topo = Topology::new().await;
+    let flow_id = format!("flow-{}", topo.id);
+    platform
+        .put_step(
+            &flow_id,
+            "step_1",
+            StepDefinition {
+                function: Some("rotateKeys".into()),
+                comp_id: Some("comp-node".into()),
+                account_id: Some("acc-node".into()),
+                crypto: Some(CryptoSettings {
+                    password: PASSWORD.into(),
+                    iv: IV.into(),
+                }),
+                ..StepDefinition::default()
+            },
+        )
+        .await
+        .unwrap();
+    let api_key = platform.create_api_user("node-task").await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_uri = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_api, api_stopped) = oneshot::channel::<()>();
+    tokio::spawn(serve(
+        listener,
+        platform.clone(),
+        ApiOptions::default(),
+        async {
+            let _ = api_stopped.await;
+        },
+    ));
+
+    let (input, _dead) = topo.step_queue("step_1", topo.rk("step_1", "input")).await;
+    let out = topo.queue("out", topo.rk("step_1", "message")).await;
+    let errors = topo.queue("errors", topo.rk("step_1", "error")).await;
+    let rk = |kind: &str| topo.rk("step_1", kind);
+    let vars: Vec<(String, String)> = [
+        ("FLOW_ID", flow_id.clone()),
+        ("EXEC_ID", format!("exec-{}", topo.id)),
+        ("STEP_ID", "step_1".to_owned()),
+        ("CONTAINER_ID", "container-node".to_owned()),
+        ("WORKSPACE_ID", "workspace-interop".to_owned()),
+        ("USER_ID", "user-interop".to_owned()),
+        ("COMP_ID", "comp-node".to_owned()),
+        ("FUNCTION", "rotateKeys".to_owned()),
+        ("API_URI", api_uri.clone()),
+        ("API_USERNAME", "node-task".to_owned()),
+        ("API_KEY", api_key.clone()),
+        ("AMQP_URI", amqp_uri()),
+        ("LISTEN_MESSAGES_ON", input),
+        ("PUBLISH_MESSAGES_TO", topo.exchange.clone()),
+        ("DATA_ROUTING_KEY", rk("message")),
+        ("ERROR_ROUTING_KEY", rk("error")),
+        ("REBOUND_ROUTING_KEY", rk("rebound")),
+        ("SNAPSHOT_ROUTING_KEY", rk("snapshot")),
+        ("MESSAGE_CRYPTO_PASSWORD", PASSWORD.to_owned()),
+        ("MESSAGE_CRYPTO_IV", IV.to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("ELASTICIO_{k}"), v))
+    .collect();
+    let sailor = Sailor::spawn(&dir, "step_1", vars);
+    let deadline = Instant::now() + HOP;
+    while !sailor.logged("Fully initialized and waiting for messages") {
+        assert!(
+            Instant::now() < deadline,
+            "Sailor did not start:\n{}",
+            sailor.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let cipher = MessageCipher::new(PASSWORD, IV).unwrap();
+    let outcome = async |rt: &str, n: u32| -> (u64, u64, u64, u64) {
+        let id = format!("msg-{n}");
+        let message = json!({"id": id, "body": {"keys": keys(rt)}, "attachments": {}, "headers": {}, "metadata": {}});
+        let mut headers = FieldTable::default();
+        headers.insert("messageId".into(), js_string(id));
+        topo.publish(
+            &topo.rk("step_1", "input"),
+            &cipher.encrypt_json(&message, ProtocolVersion::V1),
+            BasicProperties::default().with_headers(headers),
+        )
+        .await;
+        // Each input is processed (data out) after its PUT; then the platform's counters.
+        let deadline = Instant::now() + HOP;
+        while topo.ready(&out).await < n {
+            assert_eq!(
+                topo.ready(&errors).await,
+                0,
+                "Sailor emitted an error:\n{}",
+                sailor.log_text()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no output for {rt}:\n{}",
+                sailor.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let status = platform.status().await.unwrap();
+        let a = &status.accounts[0];
+        (
+            a.generation as u64,
+            a.updates_unfenced as u64,
+            a.updates_stale as u64,
+            a.updates_duplicate as u64,
+        )
+    };
+    // (generation, applied last-write-wins, stale, duplicate) after each input.
+    assert_eq!(outcome("node-rt1", 1).await, (1, 1, 0, 0));
+    assert_eq!(outcome("node-rt2", 2).await, (2, 2, 0, 0));
+    assert_eq!(
+        outcome("node-rt1", 3).await,
+        (2, 2, 1, 0),
+        "a replay never moves it back"
+    );
+    assert_eq!(
+        outcome("node-rt2", 4).await,
+        (2, 2, 1, 1),
+        "the same keys twice: a no-op"
+    );
+    let step = platform.step_for_worker(&flow_id, "step_1").await.unwrap();
+    assert_eq!(step["config"]["oauth"]["refresh_token"], "node-rt2");
+
+    let (_, status, log) = sailor.stop().await;
+    assert!(status.success(), "Sailor exited with {status}:\n{log}");
+    let _ = stop_api.send(());
+    topo.cleanup().await;
+    schema.cleanup().await;
 }

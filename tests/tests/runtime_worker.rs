@@ -489,6 +489,61 @@ async fn distinct_messages_sharing_a_message_id_are_all_processed() {
     h.topo.cleanup().await;
 }
 
+/// Chaos finding (issue 13): when the upstream worker's channel dies after the broker took an
+/// output but before the confirm arrived, its retry (same `publishId`, `retry: 1`) is a second
+/// copy in this step's queue. It is acked without running again; the same content under
+/// another `publishId` (a distinct publish) still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_republished_copy_runs_once_and_a_distinct_publish_of_the_same_content_runs() {
+    let h = Harness::new(
+        "echo",
+        step(json!({})),
+        &[("ELASTICIO_RABBITMQ_PREFETCH_SAILOR", "1")],
+    )
+    .await;
+    let (stop, worker) = h.start(1).await;
+    let attempt = |publish_id: &str, retry: Option<i8>| {
+        let mut headers = vec![("publishId", long_string(publish_id))];
+        if let Some(n) = retry {
+            headers.push(("retry", AMQPValue::ShortShortInt(n)));
+        }
+        headers
+    };
+    h.send("out-1", json!({"n": 1}), &attempt("p-1", None))
+        .await;
+    let (first, headers, _) = h.receive(&h.data).await;
+    assert_eq!(first["body"], json!({"n": 1}));
+    // The worker's own outputs carry a publishId.
+    assert!(
+        matches!(headers.inner().get("publishId"), Some(AMQPValue::LongString(s)) if s.as_bytes().len() == 36),
+        "{headers:?}"
+    );
+    // The retry of that publish: a copy.
+    h.send("out-1", json!({"n": 1}), &attempt("p-1", Some(1)))
+        .await;
+    // The same content published again (another publish, retried too): a message of its own.
+    h.send("out-1", json!({"n": 1}), &attempt("p-2", Some(1)))
+        .await;
+    h.send("out-2", json!({"n": 2}), &attempt("p-3", None))
+        .await;
+    let (again, _, _) = h.receive(&h.data).await;
+    assert_eq!(again["body"], json!({"n": 1}), "the distinct publish ran");
+    let (last, _, _) = h.receive(&h.data).await;
+    assert_eq!(last["body"], json!({"n": 2}));
+    // Prefetch 1 and one queue: the copy was settled before the last message ran.
+    assert_eq!(h.topo.ready(&h.data).await, 0, "the copy ran again");
+    assert_eq!(
+        h.topo.ready(&h.topo.name("in")).await,
+        0,
+        "every input acked"
+    );
+    assert_eq!(h.topo.ready(&h.errors).await, 0);
+    assert_eq!(h.topo.ready(&h.dead).await, 0);
+    stop.send(()).unwrap();
+    worker.await.unwrap();
+    h.topo.cleanup().await;
+}
+
 /// Issue 13 (4): an input too large to echo gives exactly one error event, which carries at
 /// most 64 KiB of the input, marked as cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,6 +28,11 @@
 //!   connection) is reopened between attempts. Deviation: Node fails at once when the channel
 //!   is closed (`IllegalOperationError`); Deckhand reconnects and retries, which is what its
 //!   retry budget is for. Throttles (`*_RATE_LIMIT` per `RATE_INTERVAL`) apply per kind.
+//!   When a channel dies after the broker took a message but before its confirm arrived, the
+//!   retry puts a second copy in the queue: no publisher can tell the two cases apart, so this
+//!   is at-least-once. Every attempt of one publish carries the same `publishId` header, so a
+//!   consuming Deckhand step recognises the copy ([`crate::dedup`]) and does not run
+//!   it twice.
 //! * **Consuming** ([`Consumer`]): `basic.qos(prefetch)` then `basic.consume`. When the channel
 //!   or connection dies (broker restart, forced close, network loss) the consumer reconnects
 //!   and re-subscribes by itself, forever, with capped exponential backoff; unacknowledged
@@ -539,10 +544,13 @@ impl Publisher {
         if let Some(throttle) = throttle {
             throttle.acquire().await;
         }
+        // One id for every attempt: a consumer recognises a retry whose earlier attempt also
+        // arrived (its confirm lost with the channel) as the same message.
+        let publish_id = uuid::Uuid::new_v4().to_string();
         let mut schedule = inner.retry.policy().attempts();
         loop {
             let failures = schedule.failures();
-            match inner.attempt(publication, failures).await {
+            match inner.attempt(publication, failures, &publish_id).await {
                 Ok(returned) => {
                     if let Some((code, text)) = &returned {
                         warn!(
@@ -634,6 +642,7 @@ impl PublisherInner {
         &self,
         p: &Publication,
         retry: u32,
+        publish_id: &str,
     ) -> Result<Option<(u16, String)>, AttemptError> {
         let exchange = ShortString::try_new(p.exchange.clone())
             .map_err(|e| AttemptError::Invalid(format!("exchange name: {e}")))?;
@@ -651,7 +660,7 @@ impl PublisherInner {
                     routing_key,
                     options,
                     &p.body,
-                    p.amqp_properties(retry),
+                    p.amqp_properties(retry, publish_id),
                 )
                 .await
                 .map_err(|e| AttemptError::Publish(e.to_string()))?;
@@ -1082,6 +1091,18 @@ pub(crate) mod test_support {
         if let Some(id) = message_id {
             headers.insert("messageId".into(), crate::protocol::js_string(id));
         }
+        delivery_with_headers(tag, headers, body, redelivered, log, dead)
+    }
+
+    /// As [`delivery`], with the given headers and body.
+    pub(crate) fn delivery_with_headers(
+        tag: u64,
+        headers: FieldTable,
+        body: &[u8],
+        redelivered: bool,
+        log: &Arc<StdMutex<Vec<(u64, Settlement)>>>,
+        dead: bool,
+    ) -> Delivery {
         Delivery {
             incoming: Incoming::new(
                 lapin::BasicProperties::default().with_headers(headers),

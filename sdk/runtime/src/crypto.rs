@@ -44,7 +44,7 @@ impl ProtocolVersion {
     }
 
     /// The version for a header/env number: `1` or `2`, anything else is `None`.
-    pub(crate) fn from_number(n: i64) -> Option<Self> {
+    pub fn from_number(n: i64) -> Option<Self> {
         match n {
             1 => Some(Self::V1),
             2 => Some(Self::V2),

@@ -8,11 +8,18 @@
 //! output of one input the *same* `messageId`, so distinct messages share ids. Dropping one of
 //! them because its id was seen would lose data, which is worse than a duplicate.
 //!
-//! [`Deduplicator`] therefore identifies a message by its `messageId` **and** a hash of its
-//! body (its *fingerprint*), and skips a delivery only when both hold:
+//! A second way to get a copy: the upstream publisher lost the broker's confirm of a publish
+//! (its channel died) and published it again, and both attempts reached the queue. Deckhand
+//! publishers give every attempt of one publish the same `publishId` header and mark retries
+//! with `retry: n` ([`Incoming::is_republished`](crate::protocol::Incoming::is_republished)).
 //!
-//! * the broker marked it **redelivered** (a fresh publish — e.g. a rebound, which republishes
-//!   the input with its `messageId` — is always run), and
+//! [`Deduplicator`] therefore identifies a message by its `messageId`, its `publishId` (when it
+//! has one) **and** a hash of its body (its *fingerprint*), and skips a delivery only when both
+//! hold:
+//!
+//! * it may be a copy: the broker marked it **redelivered**, or it is a Deckhand publisher's
+//!   **retry** (a fresh publish — e.g. a rebound, which republishes the input with its
+//!   `messageId` under a new `publishId` — is always run), and
 //! * this process is **running** a message with the same fingerprint (the copy is parked and
 //!   settled with the original's outcome when it finishes), or **completed** one — processed
 //!   it with every output confirmed by the broker — within the memory window (the copy is
@@ -23,8 +30,9 @@
 //! 80 bytes each. A message whose outputs were *not* all confirmed is not remembered
 //! ([`Deduplicator::finish_unconfirmed`]): running it again is the only way not to lose it.
 //!
-//! Like Node's, this works within one process: a redelivery to another replica of the step is
-//! not recognised (at-least-once across replicas).
+//! Like Node's, this works within one process: a redelivery to another replica of the step, or
+//! a republished copy after this process restarted, is not recognised (at-least-once across
+//! replicas and restarts).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -34,6 +42,7 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
 use crate::amqp::{Delivery, SettleError, Settlement};
+use crate::protocol::Incoming;
 
 /// Completed messages remembered by default.
 pub const DEFAULT_CAPACITY: usize = 10_000;
@@ -57,15 +66,20 @@ pub enum Admission {
     AlreadyProcessed(Settlement, Result<(), SettleError>),
 }
 
-/// Identity of a message: SHA-256 of its `messageId` and body, truncated to 128 bits.
+/// Identity of a message: SHA-256 of its `messageId`, `publishId` and body, truncated to 128
+/// bits. Two publishes never share a `publishId`, so distinct publications of one content (a
+/// component emitting the same message twice) are distinct messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Fingerprint(u128);
 
 impl Fingerprint {
-    fn of(message_id: &str, body: &[u8]) -> Self {
+    fn of(message_id: &str, publish_id: Option<&str>, body: &[u8]) -> Self {
         let mut hasher = Sha256::new();
         hasher.update((message_id.len() as u64).to_le_bytes());
         hasher.update(message_id.as_bytes());
+        let publish_id = publish_id.unwrap_or_default();
+        hasher.update((publish_id.len() as u64).to_le_bytes());
+        hasher.update(publish_id.as_bytes());
         hasher.update(body);
         let digest = hasher.finalize();
         let mut first = [0u8; 16];
@@ -91,6 +105,15 @@ impl Ticket {
     /// Its `messageId`, if it has one (without one it is never de-duplicated).
     pub fn message_id(&self) -> Option<&str> {
         self.message_id.as_deref()
+    }
+
+    /// Moves the message (properties and body) out of the delivery, to process it without a
+    /// copy; the ticket keeps what settling needs.
+    pub fn take_incoming(&mut self) -> Incoming {
+        std::mem::replace(
+            &mut self.delivery.incoming,
+            Incoming::new(lapin::BasicProperties::default(), Vec::new()),
+        )
     }
 }
 
@@ -157,12 +180,17 @@ impl Deduplicator {
                 delivery,
             });
         };
-        let fingerprint = Fingerprint::of(&id, &delivery.incoming.body);
+        let fingerprint = Fingerprint::of(
+            &id,
+            delivery.incoming.publish_id().as_deref(),
+            &delivery.incoming.body,
+        );
+        let maybe_copy = delivery.redelivered || delivery.incoming.is_republished();
         let completed = {
             let mut state = self.lock();
-            let completed = if delivery.redelivered {
+            let completed = if maybe_copy {
                 if let Some(running) = state.running.get_mut(&fingerprint) {
-                    info!(message_id = %id, "redelivered copy of a message being processed; it will be settled with the original");
+                    info!(message_id = %id, redelivered = delivery.redelivered, "copy of a message being processed; it will be settled with the original");
                     running.parked.push(delivery);
                     return Admission::Duplicate;
                 }
@@ -181,7 +209,7 @@ impl Deduplicator {
         };
         match completed {
             Some(outcome) => {
-                info!(message_id = %id, ?outcome, "redelivered message was already processed; settling it without running it again");
+                info!(message_id = %id, ?outcome, redelivered = delivery.redelivered, "copy of a message already processed; settling it without running it again");
                 let result = delivery.settle(outcome).await;
                 if let Err(e) = &result {
                     debug!(message_id = %id, error = %e, "settling the redelivered copy failed");
@@ -285,8 +313,22 @@ impl Deduplicator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::amqp::test_support::{delivery, delivery_with_body};
+    use crate::amqp::test_support::{delivery, delivery_with_body, delivery_with_headers};
+    use crate::protocol::{js_number, js_string};
+    use lapin::types::FieldTable;
     use std::sync::{Arc, Mutex as StdMutex};
+
+    /// A fresh (not redelivered) delivery as a Deckhand publisher sends it: attempt `retry` of
+    /// the publish `publish_id`.
+    fn published(tag: u64, body: &[u8], publish_id: &str, retry: u32, log: &Log) -> Delivery {
+        let mut headers = FieldTable::default();
+        headers.insert("messageId".into(), js_string("out-1"));
+        headers.insert("publishId".into(), js_string(publish_id));
+        if retry > 0 {
+            headers.insert("retry".into(), js_number(i64::from(retry)));
+        }
+        delivery_with_headers(tag, headers, body, false, log, false)
+    }
 
     type Log = Arc<StdMutex<Vec<(u64, Settlement)>>>;
 
@@ -431,6 +473,87 @@ mod tests {
         assert_eq!(
             entries(&l),
             vec![(1, Settlement::Ack), (2, Settlement::Ack)]
+        );
+    }
+
+    /// Chaos finding: the upstream worker's write connection died after the broker took an
+    /// output but before its confirm arrived; the retry put a second copy in the queue. The
+    /// copy (same publishId, `retry: 1`) must not run again.
+    #[tokio::test]
+    async fn a_republished_copy_of_a_completed_message_is_settled_without_running() {
+        let dedup = Deduplicator::default();
+        let l = log();
+        let Admission::Process(t) = dedup.admit(published(1, b"x", "p-1", 0, &l)).await else {
+            panic!("the first attempt must be processed");
+        };
+        dedup.finish(t, Settlement::Ack).await.unwrap();
+        match dedup.admit(published(2, b"x", "p-1", 1, &l)).await {
+            Admission::AlreadyProcessed(Settlement::Ack, Ok(())) => {}
+            other => panic!("the republished copy ran again: {other:?}"),
+        }
+        assert_eq!(
+            entries(&l),
+            vec![(1, Settlement::Ack), (2, Settlement::Ack)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_republished_copy_arriving_while_the_original_runs_waits_for_it() {
+        let dedup = Deduplicator::default();
+        let l = log();
+        let Admission::Process(t) = dedup.admit(published(1, b"x", "p-1", 0, &l)).await else {
+            panic!("must process");
+        };
+        assert!(matches!(
+            dedup.admit(published(2, b"x", "p-1", 2, &l)).await,
+            Admission::Duplicate
+        ));
+        dedup.finish(t, Settlement::Reject).await.unwrap();
+        assert_eq!(
+            entries(&l),
+            vec![(1, Settlement::Reject), (2, Settlement::Reject)]
+        );
+    }
+
+    /// Never a distinct message: a retry is skipped only as a copy of the same publish.
+    #[tokio::test]
+    async fn retries_of_other_publishes_are_processed() {
+        let dedup = Deduplicator::default();
+        let l = log();
+        let Admission::Process(t) = dedup.admit(published(1, b"x", "p-1", 0, &l)).await else {
+            panic!("must process");
+        };
+        dedup.finish(t, Settlement::Ack).await.unwrap();
+        // The same content published again (a component emitting one message twice, or a
+        // rebound): another publishId, so another message, even as a retry.
+        let Admission::Process(again) = dedup.admit(published(2, b"x", "p-2", 1, &l)).await else {
+            panic!("another publish of the same content must be processed");
+        };
+        dedup.finish(again, Settlement::Ack).await.unwrap();
+        // A retry whose first attempt never arrived (nacked, or lost before the broker).
+        let Admission::Process(first) = dedup.admit(published(3, b"y", "p-3", 1, &l)).await else {
+            panic!("a retry of an unseen publish must be processed");
+        };
+        dedup.finish(first, Settlement::Ack).await.unwrap();
+        // A retry from a publisher without publishId (e.g. Node's) is not taken for a copy.
+        let mut headers = FieldTable::default();
+        headers.insert("messageId".into(), js_string("out-1"));
+        headers.insert("retry".into(), js_number(1));
+        let Admission::Process(foreign) = dedup
+            .admit(delivery_with_headers(4, headers, b"x", false, &l, false))
+            .await
+        else {
+            panic!("a retry without publishId must be processed");
+        };
+        dedup.finish(foreign, Settlement::Ack).await.unwrap();
+        assert_eq!(
+            entries(&l),
+            vec![
+                (1, Settlement::Ack),
+                (2, Settlement::Ack),
+                (3, Settlement::Ack),
+                (4, Settlement::Ack)
+            ]
         );
     }
 

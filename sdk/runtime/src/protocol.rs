@@ -41,7 +41,7 @@ use crate::config::{InputFormat, RuntimeConfig};
 use crate::crypto::{CryptoError, MessageCipher, ProtocolVersion};
 
 /// AMQP header names used by the protocol.
-pub(crate) mod header {
+pub mod header {
     /// Id of this message (uuid).
     pub const MESSAGE_ID: &str = "messageId";
     /// `messageId` of the message this one was produced from.
@@ -74,6 +74,10 @@ pub(crate) mod header {
     pub const SNAPSHOT_EVENT: &str = "snapshotEvent";
     /// Publish retry number (number, only on retries).
     pub const RETRY: &str = "retry";
+    /// Id of one publish, the same on each of its attempts (Deckhand addition, string): with
+    /// `retry` it marks a message that may be a second copy, published again after the
+    /// broker's confirm of an earlier attempt was lost (see `deckhand_runtime::dedup`).
+    pub const PUBLISH_ID: &str = "publishId";
     /// Routing key of the request-reply queue.
     pub const REPLY_TO: &str = "reply_to";
     /// `true` (boolean) on an error sent to `reply_to`.
@@ -88,13 +92,20 @@ pub(crate) mod header {
     pub const REBOUND_ITERATION: &str = "reboundIteration";
     /// Message-header (not AMQP-header) routing override on emitted data.
     pub const ROUTING_KEY_OVERRIDE: &str = "x-eio-routing-key";
-    /// Lightweight-message object id (Sailor's; named here, not yet read or written).
-    #[allow(dead_code)]
+    /// Lightweight-message object id.
     pub const OBJECT_STORAGE_ID: &str = "x-ipaas-object-storage-id";
     /// Account whose keys an `updateKeys` event carries (Deckhand addition).
     pub const ACCOUNT_ID: &str = "accountId";
     /// Token generation of an `updateKeys` event (Deckhand addition, number).
     pub const GENERATION: &str = "generation";
+    /// Lineage of an `updateKeys` event (Deckhand addition): the fingerprint of the refresh
+    /// token the new keys replaced (first 16 bytes of its SHA-256, hex; never the token).
+    pub const PARENT_FINGERPRINT: &str = "parentFingerprint";
+    /// Lineage of an `updateKeys` event (Deckhand addition): the fingerprint of the refresh
+    /// token in the new keys.
+    pub const REFRESH_FINGERPRINT: &str = "refreshFingerprint";
+    /// The worker that published an `updateKeys` event (Deckhand addition, `host:pid:random`).
+    pub const WORKER: &str = "worker";
     /// Set by quorum queues: how many times the message was returned to the queue.
     pub const DELIVERY_COUNT: &str = "x-delivery-count";
 }
@@ -192,10 +203,12 @@ pub struct Publication {
 }
 
 impl Publication {
-    /// The properties to publish with for attempt `retry` (0 = first attempt): the headers,
-    /// plus `retry: n` from the first retry on, as Node does.
-    pub(crate) fn amqp_properties(&self, retry: u32) -> BasicProperties {
+    /// The properties to publish with for attempt `retry` (0 = first attempt) of the publish
+    /// `publish_id`: the headers, `publishId` (the same on every attempt, replacing one copied
+    /// from an input), plus `retry: n` from the first retry on, as Node does.
+    pub(crate) fn amqp_properties(&self, retry: u32, publish_id: &str) -> BasicProperties {
         let mut headers = self.headers.clone();
+        headers.insert(header::PUBLISH_ID.into(), js_string(publish_id));
         if retry > 0 {
             headers.insert(header::RETRY.into(), js_number(i64::from(retry)));
         }
@@ -283,6 +296,18 @@ impl Incoming {
     /// The `messageId` header, the deduplication key.
     pub fn message_id(&self) -> Option<String> {
         header_string(self.headers(), header::MESSAGE_ID).filter(|s| !s.is_empty())
+    }
+
+    /// The `publishId` header (Deckhand publishers set it; see [`header::PUBLISH_ID`]).
+    pub fn publish_id(&self) -> Option<String> {
+        header_string(self.headers(), header::PUBLISH_ID).filter(|s| !s.is_empty())
+    }
+
+    /// Whether this is a Deckhand publisher's retry (`publishId` and `retry` ≥ 1): an earlier
+    /// attempt of the same publish may have reached the queue too, its confirm lost.
+    pub fn is_republished(&self) -> bool {
+        header_number(self.headers(), header::RETRY).is_some_and(|n| n >= 1.0)
+            && self.publish_id().is_some()
     }
 
     /// The `reply_to` header.
@@ -1096,14 +1121,22 @@ fn base_headers(
     let mut headers = FieldTable::default();
     let mut trace_id = None;
     for (key, value) in incoming {
+        // Checked before lowercasing: most headers are not meta headers, and this runs for
+        // every message.
+        let prefix = key
+            .as_str()
+            .as_bytes()
+            .get(..header::META_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(header::META_PREFIX.as_bytes()));
+        if !prefix {
+            continue;
+        }
         let lower = key.as_str().to_lowercase();
-        if lower.starts_with(header::META_PREFIX) {
-            if lower == header::META_TRACE_ID {
-                trace_id = Some(value.clone());
-            }
-            if let Ok(name) = ShortString::try_new(lower) {
-                headers.insert(name, value.clone());
-            }
+        if lower == header::META_TRACE_ID {
+            trace_id = Some(value.clone());
+        }
+        if let Ok(name) = ShortString::try_new(lower) {
+            headers.insert(name, value.clone());
         }
     }
     if let Some(reply_to) = incoming.inner().get(header::REPLY_TO).filter(|v| truthy(v)) {
@@ -1896,19 +1929,43 @@ mod tests {
     }
 
     #[test]
-    fn retry_header_only_on_retries() {
+    fn retry_header_only_on_retries_and_one_publish_id_for_all_attempts() {
         let p = &ctx()
             .publications_at(Outgoing::Snapshot(json!({})), END)
             .unwrap()[0];
-        let first = p.amqp_properties(0);
-        assert!(!first.headers().as_ref().unwrap().contains_key("retry"));
-        assert_eq!(first.headers().as_ref().unwrap(), &p.headers);
-        let third = p.amqp_properties(3);
+        let first = p.amqp_properties(0, "pub-1");
+        let first_headers = first.headers().as_ref().unwrap();
+        assert!(!first_headers.contains_key("retry"));
         assert_eq!(
-            third.headers().as_ref().unwrap().inner().get("retry"),
+            first_headers.inner().get("publishId"),
+            Some(&js_string("pub-1"))
+        );
+        let mut expected = p.headers.clone();
+        expected.insert("publishId".into(), js_string("pub-1"));
+        assert_eq!(first_headers, &expected);
+        let third = p.amqp_properties(3, "pub-1");
+        let third_headers = third.headers().as_ref().unwrap();
+        assert_eq!(
+            third_headers.inner().get("retry"),
             Some(&AMQPValue::ShortShortInt(3))
         );
+        assert_eq!(
+            third_headers.inner().get("publishId"),
+            Some(&js_string("pub-1"))
+        );
         assert_eq!(third.content_type(), p.properties.content_type());
+        // Received, the retry is recognisable as a possible second copy; the first attempt
+        // and a message without a publishId (another runtime's retry) are not.
+        let received = |props: BasicProperties| Incoming::new(props, p.body.clone());
+        assert!(received(third.clone()).is_republished());
+        assert!(!received(first).is_republished());
+        let mut foreign = FieldTable::default();
+        for (key, value) in third_headers {
+            if key.as_str() != "publishId" {
+                foreign.insert(key.clone(), value.clone());
+            }
+        }
+        assert!(!received(third.clone().with_headers(foreign)).is_republished());
     }
 
     #[test]

@@ -272,11 +272,63 @@ pub(crate) fn step_config(
     Ok(config)
 }
 
+/// The lineage of one `updateKeys` event, so the platform can fence it: the fingerprint of the
+/// refresh token the keys replaced and of the one they hold (see
+/// [`refresh_token_fingerprint`](deckhand_store::refresh_token_fingerprint); never a token), and
+/// the worker that published it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lineage {
+    /// Fingerprint of the refresh token the new keys replaced.
+    pub parent_fingerprint: Option<String>,
+    /// Fingerprint of the refresh token in the new keys.
+    pub refresh_fingerprint: Option<String>,
+    /// Who published it (`host:pid:random`).
+    pub worker: String,
+}
+
+/// Remembers the fingerprint of the last keys a sink persisted (at first: the step's keys), so
+/// each update names the stored keys it descends from. Updates pass the refresh gate one at a
+/// time, so the remembered parent is the one the platform holds.
+struct LineageTracker {
+    last: std::sync::Mutex<Option<String>>,
+    worker: String,
+}
+
+impl LineageTracker {
+    fn new() -> Self {
+        Self {
+            last: std::sync::Mutex::new(None),
+            worker: deckhand_core::auth::HolderId::for_this_process().to_string(),
+        }
+    }
+
+    fn start_from(&self, credentials: Option<&Credentials>) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
+            credentials.and_then(deckhand_store::refresh_token_fingerprint);
+    }
+
+    fn lineage_of(&self, update: &KeysUpdate) -> Lineage {
+        Lineage {
+            parent_fingerprint: self.last.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            refresh_fingerprint: deckhand_store::refresh_token_fingerprint(&update.credentials),
+            worker: self.worker.clone(),
+        }
+    }
+
+    fn persisted(&self, lineage: &Lineage) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = lineage.refresh_fingerprint.clone();
+    }
+}
+
 /// Publishes rotated keys as an `updateKeys` message and waits for the broker's confirm.
-pub(crate) struct AmqpKeysSink {
+///
+/// Each message carries its [`Lineage`] in the headers `parentFingerprint`,
+/// `refreshFingerprint` and `worker`; consumers that do not know them ignore them.
+pub struct AmqpKeysSink {
     cfg: Arc<RuntimeConfig>,
     publisher: Publisher,
     flags: StepFlags,
+    lineage: LineageTracker,
 }
 
 impl AmqpKeysSink {
@@ -286,13 +338,20 @@ impl AmqpKeysSink {
             cfg,
             publisher,
             flags,
+            lineage: LineageTracker::new(),
         }
     }
-}
 
-#[async_trait]
-impl KeysSink for AmqpKeysSink {
-    async fn persist(&self, update: &KeysUpdate) -> Result<(), SinkError> {
+    /// The keys the platform holds before the first update (the step's keys): the first
+    /// update names them as its parent.
+    pub fn starting_from(self, credentials: Option<&Credentials>) -> Self {
+        self.lineage.start_from(credentials);
+        self
+    }
+
+    /// Publishes `update` with the given lineage and waits for the confirm.
+    pub async fn publish(&self, update: &KeysUpdate, lineage: &Lineage) -> Result<(), SinkError> {
+        use super::protocol::{header, js_string};
         // Not tied to one input message: a refresh serves every message in flight.
         let ctx = OutgoingContext::new(
             self.cfg.clone(),
@@ -300,13 +359,23 @@ impl KeysSink for AmqpKeysSink {
             Message::new(Value::Object(Map::new())),
             self.flags.clone(),
         );
-        let publications = ctx
+        let mut publications = ctx
             .publications(Outgoing::UpdateKeys {
                 keys: update.keys(),
                 generation: update.generation,
             })
             .map_err(|e| SinkError::Publish(e.to_string()))?;
-        for publication in &publications {
+        for publication in &mut publications {
+            let headers = &mut publication.headers;
+            for (name, value) in [
+                (header::PARENT_FINGERPRINT, &lineage.parent_fingerprint),
+                (header::REFRESH_FINGERPRINT, &lineage.refresh_fingerprint),
+            ] {
+                if let Some(value) = value {
+                    headers.insert(name.into(), js_string(value.clone()));
+                }
+            }
+            headers.insert(header::WORKER.into(), js_string(lineage.worker.clone()));
             self.publisher
                 .publish(publication)
                 .await
@@ -321,6 +390,25 @@ impl KeysSink for AmqpKeysSink {
     }
 }
 
+#[async_trait]
+impl KeysSink for AmqpKeysSink {
+    async fn persist(&self, update: &KeysUpdate) -> Result<(), SinkError> {
+        let lineage = self.lineage.lineage_of(update);
+        self.publish(update, &lineage).await?;
+        self.lineage.persisted(&lineage);
+        Ok(())
+    }
+}
+
+/// HTTP header of `PUT /v1/accounts/{id}` with [`Lineage::parent_fingerprint`].
+pub const LINEAGE_HTTP_PARENT: &str = "x-deckhand-parent-fingerprint";
+/// HTTP header of `PUT /v1/accounts/{id}` with [`Lineage::refresh_fingerprint`].
+pub const LINEAGE_HTTP_REFRESH: &str = "x-deckhand-refresh-fingerprint";
+/// HTTP header of `PUT /v1/accounts/{id}` with [`Lineage::worker`].
+pub const LINEAGE_HTTP_WORKER: &str = "x-deckhand-worker";
+/// HTTP header of `PUT /v1/accounts/{id}` with the worker's generation of the keys.
+pub const LINEAGE_HTTP_GENERATION: &str = "x-deckhand-generation";
+
 /// The official runtime's way: `PUT {API_URI}/v1/accounts/{id}` with `{"keys": …}`.
 pub struct ApiKeysSink {
     url: String,
@@ -328,6 +416,7 @@ pub struct ApiKeysSink {
     key: deckhand_core::credentials::Secret,
     http: reqwest::Client,
     retry: super::config::ApiRetry,
+    lineage: LineageTracker,
 }
 
 impl ApiKeysSink {
@@ -352,7 +441,14 @@ impl ApiKeysSink {
                 .build()
                 .ok()?,
             retry,
+            lineage: LineageTracker::new(),
         })
+    }
+
+    /// As [`AmqpKeysSink::starting_from`].
+    pub fn starting_from(self, credentials: Option<&Credentials>) -> Self {
+        self.lineage.start_from(credentials);
+        self
     }
 }
 
@@ -360,15 +456,31 @@ impl ApiKeysSink {
 impl KeysSink for ApiKeysSink {
     async fn persist(&self, update: &KeysUpdate) -> Result<(), SinkError> {
         let body = serde_json::json!({ "keys": update.keys() });
+        let lineage = self.lineage.lineage_of(update);
+        let generation = update.generation.to_string();
         platform_request(self.retry, &format!("PUT {}", self.url), || {
-            self.http
+            // The lineage rides in headers the official platform ignores (see `Lineage`).
+            let mut request = self
+                .http
                 .put(&self.url)
                 .basic_auth(&self.username, Some(self.key.expose()))
-                .json(&body)
+                .header(LINEAGE_HTTP_WORKER, &lineage.worker)
+                .header(LINEAGE_HTTP_GENERATION, &generation);
+            for (name, value) in [
+                (LINEAGE_HTTP_PARENT, &lineage.parent_fingerprint),
+                (LINEAGE_HTTP_REFRESH, &lineage.refresh_fingerprint),
+            ] {
+                if let Some(value) = value {
+                    request = request.header(name, value);
+                }
+            }
+            request.json(&body)
         })
         .await
         .map(drop)
-        .map_err(|e| SinkError::Api(e.to_string()))
+        .map_err(|e| SinkError::Api(e.to_string()))?;
+        self.lineage.persisted(&lineage);
+        Ok(())
     }
 }
 
@@ -611,11 +723,12 @@ impl<C: Connector> Worker<C> {
         };
         let step_config = step_config(&step, descriptor)?;
         let transport = Transport::connect(options).await?;
-        let amqp_sink = AmqpKeysSink::new(cfg.clone(), transport.publisher(), flags.clone());
-        let api_sink = flags
-            .account_id
-            .as_deref()
-            .and_then(|account| ApiKeysSink::new(&cfg.step_source, account, cfg.api_retry));
+        let amqp_sink = AmqpKeysSink::new(cfg.clone(), transport.publisher(), flags.clone())
+            .starting_from(step_config.credentials.as_ref());
+        let api_sink = flags.account_id.as_deref().and_then(|account| {
+            ApiKeysSink::new(&cfg.step_source, account, cfg.api_retry)
+                .map(|sink| sink.starting_from(step_config.credentials.as_ref()))
+        });
         let sink: Arc<dyn KeysSink> = match (cfg.update_keys, api_sink) {
             (UpdateKeysMode::Amqp, _) => Arc::new(amqp_sink),
             (UpdateKeysMode::Api, Some(api)) => Arc::new(api),
@@ -845,7 +958,16 @@ async fn attach_store(
             + Sync,
     > = Arc::new(move |entry: OutboxEntry| {
         let sink = sink.clone();
-        Box::pin(async move { sink.persist(&entry.update).await.map_err(|e| e.to_string()) })
+        Box::pin(async move {
+            let lineage = Lineage {
+                parent_fingerprint: entry.parent_fingerprint.clone(),
+                refresh_fingerprint: entry.refresh_fingerprint.clone(),
+                worker: entry.holder.clone(),
+            };
+            sink.publish(&entry.update, &lineage)
+                .await
+                .map_err(|e| e.to_string())
+        })
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -905,8 +1027,8 @@ struct Job<C: Connector> {
 }
 
 impl<C: Connector> Job<C> {
-    async fn run(self, ticket: Ticket) {
-        let incoming = ticket.delivery().incoming.clone();
+    async fn run(self, mut ticket: Ticket) {
+        let incoming = ticket.take_incoming();
         let span = tracing::info_span!(
             "message",
             messageId = incoming.message_id().unwrap_or_default(),
