@@ -207,9 +207,14 @@ async fn the_worker_fails_over_to_the_next_node_with_quorum_queues_losing_nothin
     let mut options = TransportOptions::from_config(&cfg);
     let name = format!("deckhand-cluster-{}", std::process::id());
     options.connection_name = name.clone();
-    let worker = Worker::start_with(Arc::new(Echo), cfg, &json!({}), options)
-        .await
-        .expect("worker starts");
+    let worker = Worker::start_with(
+        Arc::new(Echo),
+        cfg,
+        &serde_json::from_str(r#"{"title": "Echo"}"#).unwrap(),
+        options,
+    )
+    .await
+    .expect("worker starts");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(worker.run_until(async move {
         let _ = stopped.await;

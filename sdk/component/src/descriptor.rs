@@ -252,6 +252,31 @@ impl ComponentDescriptor {
             .map(String::as_str)
     }
 
+    /// The names of the credential fields, in document order; each is a key of the stored
+    /// credential.
+    pub fn credential_fields(&self) -> Vec<String> {
+        self.credentials
+            .as_ref()
+            .map(|c| c.fields.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The credential field holding the OAuth2 token set: the first with `viewClass`
+    /// `OAuthFieldView` or `HTTPAuthView`.
+    pub fn oauth_field(&self) -> Option<&str> {
+        self.credentials
+            .as_ref()?
+            .fields
+            .iter()
+            .find_map(|(name, field)| {
+                matches!(
+                    field.view_class.as_deref(),
+                    Some("OAuthFieldView" | "HTTPAuthView")
+                )
+                .then_some(name.as_str())
+            })
+    }
+
     /// Parses a descriptor from JSON text (a leading UTF-8 byte-order mark is ignored).
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(text.strip_prefix('\u{feff}').unwrap_or(text))

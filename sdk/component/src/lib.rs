@@ -19,7 +19,7 @@
 //!   each, so FIFOs, devices and paths leading out of the directory are refused unread;
 //! * parses a descriptor into a tolerant typed [`ComponentDescriptor`] for the rest of the SDK;
 //! * exposes the other shipped schemas ([`Schema`]) and the `deckhand validate` command
-//!   ([`cli`]).
+//!   (`cli`, feature `cli`).
 //!
 //! ```
 //! use std::path::Path;
@@ -43,7 +43,10 @@
 //! assert!(finding.to_string().starts_with("component.json:6:19: error: /actions/create-pet: invalid name"));
 //! ```
 
+#![warn(missing_docs, unnameable_types)]
+
 mod checks;
+#[cfg(feature = "cli")]
 pub mod cli;
 mod descriptor;
 mod files;

@@ -296,12 +296,6 @@ impl From<serde_json::Error> for ConnectorError {
     }
 }
 
-impl From<super::EmitError> for ConnectorError {
-    fn from(err: super::EmitError) -> Self {
-        Self::new(ErrorKind::EmitError, err.to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,8 @@
-use std::sync::{Arc, Mutex};
-
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{ConnectorError, Message};
+use super::{ConnectorError, ErrorKind, Message};
 
 /// What a function emits while processing one message.
 ///
@@ -147,12 +145,14 @@ pub trait Emitter: Send + Sync {
     async fn emit(&self, event: Event) -> Result<(), EmitError>;
 }
 
-/// Collects events in memory, for tests.
+/// Collects events in memory, for tests (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
 #[derive(Clone, Debug, Default)]
 pub struct CollectingEmitter {
-    events: Arc<Mutex<Vec<Event>>>,
+    events: std::sync::Arc<std::sync::Mutex<Vec<Event>>>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl CollectingEmitter {
     /// An empty collector.
     pub fn new() -> Self {
@@ -168,6 +168,7 @@ impl CollectingEmitter {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 #[async_trait]
 impl Emitter for CollectingEmitter {
     async fn emit(&self, event: Event) -> Result<(), EmitError> {
@@ -176,5 +177,12 @@ impl Emitter for CollectingEmitter {
             .unwrap_or_else(|e| e.into_inner())
             .push(event);
         Ok(())
+    }
+}
+
+// Here rather than in error.rs: events build on errors, not the other way round.
+impl From<EmitError> for ConnectorError {
+    fn from(err: EmitError) -> Self {
+        Self::new(ErrorKind::EmitError, err.to_string())
     }
 }

@@ -62,6 +62,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs, unnameable_types)]
+
 mod context;
 mod error;
 mod event;
@@ -82,9 +84,9 @@ use deckhand_core::credentials::Credentials;
 pub use context::Context;
 pub use deckhand_component::FunctionKind;
 pub use error::{ConnectorError, ErrorKind};
-pub use event::{
-    CollectingEmitter, EmitError, Emitter, ErrorInfo, ErrorPayload, Event, HttpReply, KeysNotice,
-};
+#[cfg(any(test, feature = "testing"))]
+pub use event::CollectingEmitter;
+pub use event::{EmitError, Emitter, ErrorInfo, ErrorPayload, Event, HttpReply, KeysNotice};
 pub use message::{Message, message_from_json};
 pub use router::{Body, Call, Config, FromCall, Handler, HandlerFuture, Router, Snapshot};
 pub use session::{DiscardEmitter, Outcome, Session, SharedCredential, StepConfig};

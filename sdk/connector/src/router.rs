@@ -77,6 +77,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::{ConnectorError, Context, ErrorKind, Function, FunctionKind, Input, Message};
+use deckhand_component::ComponentDescriptor;
 
 /// The future a handler returns, boxed.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), ConnectorError>> + Send>>;
@@ -516,26 +517,16 @@ impl StepInputs {
 /// called, which in practice means one of the two names has a typo. A function under the
 /// other section than the router registers it is an error too. With a fallback, every
 /// declared function counts as handled.
-pub fn cross_check<C>(router: &Router<C>, descriptor: &Value) -> Vec<String> {
+pub fn cross_check<C>(router: &Router<C>, descriptor: &ComponentDescriptor) -> Vec<String> {
     let mut problems = Vec::new();
     let declared_anywhere = |name: &str| {
-        ["triggers", "actions"].iter().any(|section| {
-            descriptor
-                .get(section)
-                .and_then(Value::as_object)
-                .is_some_and(|m| m.contains_key(name))
-        })
+        descriptor.triggers.contains_key(name) || descriptor.actions.contains_key(name)
     };
-    for (section, kind) in [
-        ("triggers", FunctionKind::Trigger),
-        ("actions", FunctionKind::Action),
+    for (section, kind, declared) in [
+        ("triggers", FunctionKind::Trigger, &descriptor.triggers),
+        ("actions", FunctionKind::Action, &descriptor.actions),
     ] {
-        let declared: Vec<&String> = descriptor
-            .get(section)
-            .and_then(Value::as_object)
-            .map(|m| m.keys().collect())
-            .unwrap_or_default();
-        for name in &declared {
+        for name in declared.keys() {
             match router.functions().find(|f| f.name == name.as_str()) {
                 None if router.has_fallback() => {}
                 None => problems.push(format!(

@@ -15,7 +15,7 @@
 //! `deckhand-connector`, the wire protocol `deckhand-runtime`, the PostgreSQL store
 //! `deckhand-store`, and connector authors depend on the `deckhand` facade.
 
-#![warn(missing_docs)]
+#![warn(missing_docs, unnameable_types)]
 
 pub mod auth;
 pub mod credentials;

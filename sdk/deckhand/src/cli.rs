@@ -20,13 +20,12 @@ use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
 
 use crate::auth::{KeysSink, MemorySink};
+use crate::component::ComponentDescriptor;
 pub use crate::connector::message_from_json;
 use crate::connector::{Connector, Message, Session, StepConfig, Verification};
 use crate::credentials::{Credentials, CredentialsFile};
 use crate::runtime::worker::StepData;
-pub use crate::runtime::worker::{
-    EXIT_FAILURE, EXIT_OK, EXIT_USAGE, credential_fields, oauth_field,
-};
+pub use crate::runtime::worker::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use crate::transport::{FileKeysSink, JsonLines, LinesEmitter};
 
 #[derive(Debug, Parser)]
@@ -181,9 +180,9 @@ fn validate<C: Connector>(connector: &C, component_json: &str) -> u8 {
     let file = Path::new("component.json");
     let report = crate::component::validate_str(component_json, file, &Default::default());
     print!("{}", report.grouped());
-    let descriptor: Value = match serde_json::from_str(component_json) {
-        Ok(v) => v,
-        // The report above already gives the parser's line and column.
+    let descriptor = match ComponentDescriptor::from_json(component_json) {
+        Ok(d) => d,
+        // The report above already says what is wrong, with line and column.
         Err(_) => return EXIT_FAILURE,
     };
     let router = connector.router();
@@ -212,10 +211,11 @@ pub fn load_credentials(path: &Path, component_json: &str) -> Result<Credentials
     let credentials = CredentialsFile::new(path)
         .load()
         .map_err(|e| e.to_string())?;
-    let descriptor: Value = serde_json::from_str(component_json).unwrap_or(Value::Null);
-    match oauth_field(&descriptor) {
-        Some(field) if credentials.token_field() != Some(field.as_str()) => {
-            Credentials::with_token_field(credentials.to_keys(), &field).map_err(|e| e.to_string())
+    let descriptor = ComponentDescriptor::from_json(component_json)
+        .map_err(|e| format!("the connector's component.json is not a valid descriptor: {e}"))?;
+    match descriptor.oauth_field() {
+        Some(field) if credentials.token_field() != Some(field) => {
+            Credentials::with_token_field(credentials.to_keys(), field).map_err(|e| e.to_string())
         }
         _ => Ok(credentials),
     }
@@ -466,4 +466,39 @@ fn write_json_atomically(path: &Path, value: &Value) -> std::io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys_file(dir: &Path) -> PathBuf {
+        let path = dir.join("keys.json");
+        std::fs::write(
+            &path,
+            r#"{"oauth": {"access_token": "at", "refresh_token": "rt"}}"#,
+        )
+        .unwrap();
+        path
+    }
+
+    #[test]
+    fn a_malformed_descriptor_is_an_error_not_a_descriptor_without_credential_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = keys_file(dir.path());
+        // `credentials` must be an object: this descriptor cannot say where the token is.
+        let malformed = r#"{"title": "T", "credentials": ["oauth"]}"#;
+        let error = load_credentials(&path, malformed).expect_err("must be rejected");
+        assert!(error.contains("component.json"), "{error}");
+    }
+
+    #[test]
+    fn the_token_is_found_under_the_descriptors_oauth_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = keys_file(dir.path());
+        let descriptor = r#"{"title": "T", "credentials": {"fields": {
+            "oauth": {"label": "Sign in", "viewClass": "OAuthFieldView"}}}}"#;
+        let credentials = load_credentials(&path, descriptor).unwrap();
+        assert_eq!(credentials.token_field(), Some("oauth"));
+    }
 }

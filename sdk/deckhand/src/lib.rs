@@ -17,8 +17,13 @@
 //!
 //! Depend on a lower crate directly to take less: `deckhand-core` alone gives a
 //! `TokenManager` without lapin, jsonschema, clap or sqlx.
+//!
+//! Test utilities (`auth::ManualClock`, `auth::MemorySink::fail_next`,
+//! `connector::CollectingEmitter`, raw AMQP access in `runtime`) are behind the `testing`
+//! feature; enable it in `[dev-dependencies]`:
+//! `deckhand = { version = "…", features = ["testing"] }`.
 
-#![warn(missing_docs)]
+#![warn(missing_docs, unnameable_types)]
 
 pub mod cli;
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use deckhand::auth::MemorySink;
+use deckhand::component::ComponentDescriptor;
 use deckhand::connector::router::cross_check;
 use deckhand::connector::*;
 use deckhand::credentials::Credentials;
@@ -340,19 +341,25 @@ async fn the_fallback_gets_every_name_not_registered() {
     assert_eq!(data(&events.events()), [json!({"fixed": true})]);
 }
 
+/// A component.json with these functions (and the title every descriptor needs).
+fn descriptor(mut functions: serde_json::Value) -> ComponentDescriptor {
+    functions["title"] = json!("Shop");
+    serde_json::from_value(functions).expect("a valid descriptor")
+}
+
 #[test]
 fn validate_cross_checks_the_routers_names_with_component_json() {
     let router = Shop.router();
-    let matching = json!({
+    let matching = descriptor(json!({
         "actions": {"greet": {}, "order": {}, "rotate": {}},
         "triggers": {"poll": {}},
-    });
+    }));
     assert!(cross_check(&router, &matching).is_empty());
 
-    let drifted = json!({
+    let drifted = descriptor(json!({
         "actions": {"greet": {}, "order": {}, "poll": {}, "refund": {}},
         "triggers": {},
-    });
+    }));
     assert_eq!(
         cross_check(&router, &drifted),
         [
@@ -365,9 +372,15 @@ fn validate_cross_checks_the_routers_names_with_component_json() {
     // With a fallback, every declared function is handled; registered ones must still be
     // declared.
     let router = Dynamic.router();
-    assert!(cross_check(&router, &json!({"actions": {"fixed": {}, "anything": {}}})).is_empty());
+    assert!(
+        cross_check(
+            &router,
+            &descriptor(json!({"actions": {"fixed": {}, "anything": {}}}))
+        )
+        .is_empty()
+    );
     assert_eq!(
-        cross_check(&router, &json!({"actions": {"anything": {}}})),
+        cross_check(&router, &descriptor(json!({"actions": {"anything": {}}}))),
         ["/actions: the connector handles action `fixed` that component.json does not declare"]
     );
 }

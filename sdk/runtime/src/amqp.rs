@@ -109,7 +109,7 @@ impl TransportOptions {
         assert!(!uris.is_empty(), "at least one broker URI is needed");
         Self {
             uris,
-            connection_name: hostname(),
+            connection_name: crate::config::hostname(),
             prefetch: 1,
             connect_attempts: 3,
             connect_retry_delay: Duration::from_millis(100),
@@ -132,17 +132,6 @@ impl TransportOptions {
             ..Self::with_nodes(cfg.amqp.uris.clone())
         }
     }
-}
-
-/// The host name, for connection names (Node: `os.hostname()`).
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
-        .unwrap_or_else(|| "deckhand".to_owned())
 }
 
 /// A connection, consume or subscribe failure. Never contains the broker password.
@@ -939,7 +928,7 @@ impl Consumer {
 
 /// How a processed delivery is settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
+pub enum Settlement {
     /// `basic.ack`: processed, all publishes confirmed, no error emitted.
     Ack,
     /// `basic.reject(requeue=false)`: an error was emitted or the input was unusable.
@@ -1018,21 +1007,21 @@ impl Delivery {
 
     /// Acknowledges the delivery.
     pub async fn ack(&self) -> Result<(), SettleError> {
-        self.settle(Outcome::Ack).await
+        self.settle(Settlement::Ack).await
     }
 
     /// Rejects the delivery without requeue (dead-lettered if the queue has a DLX).
     pub async fn reject(&self) -> Result<(), SettleError> {
-        self.settle(Outcome::Reject).await
+        self.settle(Settlement::Reject).await
     }
 
     /// Acks or rejects.
-    pub async fn settle(&self, outcome: Outcome) -> Result<(), SettleError> {
+    pub async fn settle(&self, outcome: Settlement) -> Result<(), SettleError> {
         match &self.settler {
             Settler::Lapin { acker, .. } => {
                 let result = match outcome {
-                    Outcome::Ack => acker.ack(BasicAckOptions::default()).await,
-                    Outcome::Reject => acker.reject(BasicRejectOptions { requeue: false }).await,
+                    Settlement::Ack => acker.ack(BasicAckOptions::default()).await,
+                    Settlement::Reject => acker.reject(BasicRejectOptions { requeue: false }).await,
                 };
                 match result {
                     Ok(true) => Ok(()),
@@ -1057,13 +1046,13 @@ pub(crate) mod test_support {
     /// Records settlements; `dead` makes them fail like a closed channel.
     #[derive(Clone, Default)]
     pub(crate) struct Recorder {
-        pub(crate) log: Arc<StdMutex<Vec<(u64, Outcome)>>>,
+        pub(crate) log: Arc<StdMutex<Vec<(u64, Settlement)>>>,
         pub(crate) dead: Arc<AtomicBool>,
         settled: Arc<AtomicBool>,
     }
 
     impl Recorder {
-        pub(crate) fn settle(&self, tag: u64, outcome: Outcome) -> Result<(), SettleError> {
+        pub(crate) fn settle(&self, tag: u64, outcome: Settlement) -> Result<(), SettleError> {
             if self.dead.load(Ordering::SeqCst) {
                 return Err(SettleError::ChannelClosed);
             }
@@ -1083,7 +1072,7 @@ pub(crate) mod test_support {
         tag: u64,
         message_id: Option<&str>,
         redelivered: bool,
-        log: &Arc<StdMutex<Vec<(u64, Outcome)>>>,
+        log: &Arc<StdMutex<Vec<(u64, Settlement)>>>,
         dead: bool,
     ) -> Delivery {
         delivery_with_body(tag, message_id, b"body", redelivered, log, dead)
@@ -1095,7 +1084,7 @@ pub(crate) mod test_support {
         message_id: Option<&str>,
         body: &[u8],
         redelivered: bool,
-        log: &Arc<StdMutex<Vec<(u64, Outcome)>>>,
+        log: &Arc<StdMutex<Vec<(u64, Settlement)>>>,
         dead: bool,
     ) -> Delivery {
         let mut headers = FieldTable::default();
@@ -1111,7 +1100,7 @@ pub(crate) mod test_support {
         headers: FieldTable,
         body: &[u8],
         redelivered: bool,
-        log: &Arc<StdMutex<Vec<(u64, Outcome)>>>,
+        log: &Arc<StdMutex<Vec<(u64, Settlement)>>>,
         dead: bool,
     ) -> Delivery {
         Delivery {
@@ -1158,6 +1147,6 @@ mod tests {
         let dbg = format!("{opts:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(dbg.contains("amqp://user:***@rabbit:5672/%2f"), "{dbg}");
-        assert_eq!(opts.connection_name, hostname());
+        assert_eq!(opts.connection_name, crate::config::hostname());
     }
 }

@@ -38,6 +38,46 @@
 //!
 //! Secrets (crypto password and IV, API key, AMQP URI password, object-storage token) never
 //! appear in `Debug` output or in error messages.
+//!
+//! # Every variable the runtime reads
+//!
+//! This module is the only place the runtime reads its environment: each variable below is
+//! read, validated and reported here (a bad value is a [`ConfigError`], never a silent
+//! default). `ELASTICIO_` is written `E_`; "ms" values are whole milliseconds.
+//!
+//! | variable | default | what |
+//! |---|---|---|
+//! | `E_FLOW_ID`, `E_EXEC_ID`, `E_STEP_ID`, `E_CONTAINER_ID`, `E_WORKSPACE_ID`, `E_USER_ID`, `E_COMP_ID`, `E_FUNCTION` | required | the step's identity ([`StepIdentity`]) |
+//! | `E_API_URI`, `E_API_USERNAME`, `E_API_KEY` | unset | the platform API the step definition comes from; username and key required with the URI ([`StepSource::Api`]) |
+//! | `DECKHAND_STEP_FILE` | unset | the step definition as a local file when `E_API_URI` is unset ([`STEP_FILE_VAR`]) |
+//! | `E_API_REQUEST_RETRY_ATTEMPTS`, `E_API_REQUEST_RETRY_DELAY` | 3, 100 ms | platform API retries ([`ApiRetry`]) |
+//! | `E_AMQP_URI` | required | the broker ([`AmqpUri`]) |
+//! | `E_AMQP_URIS` | unset | more broker nodes to fail over to ([`AmqpSettings::uris`]) |
+//! | `E_LISTEN_MESSAGES_ON`, `E_PUBLISH_MESSAGES_TO`, `E_DATA_ROUTING_KEY`, `E_ERROR_ROUTING_KEY`, `E_REBOUND_ROUTING_KEY`, `E_SNAPSHOT_ROUTING_KEY` | required | queue, exchange and routing keys (at most 255 bytes) |
+//! | `E_UPDATE_KEYS_ROUTING_KEY` | derived from the data key | routing key of `updateKeys` events |
+//! | `E_RABBITMQ_PREFETCH_SAILOR` | 1 | messages processed at once (at least 1) |
+//! | `E_AMQP_PUBLISH_RETRY_DELAY`, `E_AMQP_PUBLISH_MAX_RETRY_DELAY`, `E_AMQP_PUBLISH_RETRY_ATTEMPTS` | 100 ms, 5 s (held to 30 s), unbounded | retries of a nacked publish ([`PublishRetry`]) |
+//! | `E_AMQP_PERSISTENT_MESSAGES` | true | persistent outputs |
+//! | `E_AMQP_RECONNECT_ATTEMPTS`, `E_AMQP_RECONNECT_TIMEOUT` | 3, 100 ms | connection attempts |
+//! | `E_PROCESS_AMQP_DRAIN`, `E_WAIT_MESSAGES_TIMEOUT` | true, 50 ms | draining on shutdown |
+//! | `E_MESSAGE_CRYPTO_PASSWORD`, `E_MESSAGE_CRYPTO_IV` | required | message cipher (IV exactly 16 bytes) |
+//! | `E_PROTOCOL_VERSION` | 1 | encoding of outgoing data (1 or 2) |
+//! | `E_INPUT_FORMAT` | `default` | `default` or `error` |
+//! | `E_REBOUND_INITIAL_EXPIRATION`, `E_REBOUND_LIMIT` | 15000 ms, 20 | rebounds ([`ReboundSettings`]) |
+//! | `E_DATA_RATE_LIMIT`, `E_ERROR_RATE_LIMIT`, `E_SNAPSHOT_RATE_LIMIT`, `E_RATE_INTERVAL` | 10, 2, 2, 100 ms | outgoing throttles ([`RateLimits`]) |
+//! | `E_OUTGOING_MESSAGE_SIZE_LIMIT` | 10485760 | largest outgoing body in bytes (at least 1) |
+//! | `E_NO_ERROR_REPLIES`, `E_NO_SELF_PASSTRHOUGH` | false | reply and passthrough switches |
+//! | `E_EMIT_LIGHTWEIGHT_MESSAGE`, `E_OBJECT_STORAGE_URI`, `E_OBJECT_STORAGE_TOKEN`, `E_OBJECT_STORAGE_SIZE_THRESHOLD` | false, unset, unset, 1048576 | object-storage offload ([`ObjectStorageSettings`]) |
+//! | `E_STARTUP_REQUIRED`, `E_HOOK_SHUTDOWN` | false | run the `startup` hook; be a shutdown-hook container ([`LaunchConfig`]) |
+//! | `E_COMPONENT_PATH` | empty | the component's path |
+//! | `E_ADDITIONAL_VARS_FOR_HEADERS` | unset | variables copied into every message's headers ([`AdditionalHeaders`]) |
+//! | `E_API_USERNAME`, `E_COMP_NAME`, `E_CONTRACT_ID`, `E_EXEC_TYPE`, `E_EXECUTION_RESULT_ID`, `E_FLOW_VERSION`, `E_TASK_USER_EMAIL`, `E_TENANT_ID`, `LOG_LEVEL` | unset, `info` | log context ([`LogContext`]) |
+//! | `DECKHAND_STORE_URL`, `DECKHAND_STORE_KEYS`, `DECKHAND_STORE_SCHEMA`, `DECKHAND_STORE_LEASE_MS` | unset, required with the URL, `deckhand`, 15000 | the shared credential store ([`CredentialStoreSettings`]) |
+//! | `DECKHAND_UPDATE_KEYS` | `amqp` | where rotated keys go: `amqp`, `api` or `both` ([`UpdateKeysMode`]) |
+//! | `DECKHAND_SHUTDOWN_TIMEOUT_SECS` | 30 | how long a stopping worker waits for messages in flight |
+//!
+//! `HOSTNAME` names the AMQP connection when `/proc/sys/kernel/hostname` and `/etc/hostname`
+//! cannot be read (never an error).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -56,6 +96,13 @@ pub const PREFIX: &str = "ELASTICIO_";
 /// Environment variable naming the local step-definition file used when `ELASTICIO_API_URI`
 /// is not set (Deckhand addition).
 pub const STEP_FILE_VAR: &str = "DECKHAND_STEP_FILE";
+
+/// Where the worker persists rotated keys: `amqp` (default), `api` or `both` (Deckhand
+/// addition), see [`UpdateKeysMode`].
+pub const UPDATE_KEYS_VAR: &str = "DECKHAND_UPDATE_KEYS";
+
+/// Seconds the worker waits for messages in flight after a stop signal (Deckhand addition).
+pub const SHUTDOWN_TIMEOUT_VAR: &str = "DECKHAND_SHUTDOWN_TIMEOUT_SECS";
 
 /// Longest exchange, queue or routing key AMQP can carry (a `shortstr`).
 const MAX_SHORT_STRING: usize = 255;
@@ -134,7 +181,7 @@ impl AmqpUri {
     }
 
     /// The parsed URI (contains the password: never log it).
-    pub fn parsed(&self) -> &AMQPUri {
+    pub(crate) fn parsed(&self) -> &AMQPUri {
         &self.parsed
     }
 
@@ -418,6 +465,30 @@ pub struct LogContext {
     pub level: String,
 }
 
+/// Where a worker persists rotated keys (`DECKHAND_UPDATE_KEYS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpdateKeysMode {
+    /// `amqp` (default): an `updateKeys` event on the flow's exchange, with publisher confirms.
+    #[default]
+    Amqp,
+    /// `api`: a PUT to the platform's accounts API, as the official Node runtime does (needs
+    /// `ELASTICIO_API_URI` and an `_account` in the step configuration).
+    Api,
+    /// `both`: the event and the PUT.
+    Both,
+}
+
+impl fmt::Display for UpdateKeysMode {
+    /// The value of `DECKHAND_UPDATE_KEYS` that selects this mode.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Amqp => "amqp",
+            Self::Api => "api",
+            Self::Both => "both",
+        })
+    }
+}
+
 /// Settings of a message-processing worker container.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -463,6 +534,11 @@ pub struct RuntimeConfig {
     /// The shared credential store (`DECKHAND_STORE_URL` set), or `None` for today's
     /// behaviour (keys from the step, rotations as `updateKeys`).
     pub credential_store: Option<CredentialStoreSettings>,
+    /// `DECKHAND_UPDATE_KEYS` (default `amqp`): where rotated keys are persisted.
+    pub update_keys: UpdateKeysMode,
+    /// `DECKHAND_SHUTDOWN_TIMEOUT_SECS` (default 30): how long a stopping worker waits for
+    /// messages in flight before leaving them to the broker to redeliver. `0` does not wait.
+    pub shutdown_timeout: Duration,
 }
 
 /// Where a worker keeps its credential when several workers share it (Deckhand addition):
@@ -695,6 +771,8 @@ impl RuntimeConfig {
         let additional_headers = r.additional_headers();
         let log = r.log_context();
         let credential_store = r.credential_store();
+        let update_keys = r.update_keys_mode(&step_source);
+        let shutdown_timeout = r.shutdown_timeout();
 
         r.finish()?;
         // `finish` returned Ok, so every required value was present and valid; the
@@ -743,6 +821,8 @@ impl RuntimeConfig {
             log,
             notices,
             credential_store,
+            update_keys,
+            shutdown_timeout,
         })
     }
 
@@ -792,7 +872,7 @@ fn log_fields(id: &StepIdentity, log: &LogContext) -> Vec<(&'static str, String)
 
 /// The default update-keys routing key for a data routing key (see
 /// [`AmqpSettings::update_keys_routing_key`]).
-pub fn derive_update_keys_routing_key(data_routing_key: &str) -> String {
+pub(crate) fn derive_update_keys_routing_key(data_routing_key: &str) -> String {
     match data_routing_key.strip_suffix(".message") {
         Some(stem) => format!("{stem}.update_keys"),
         None => format!("{data_routing_key}.update_keys"),
@@ -801,7 +881,7 @@ pub fn derive_update_keys_routing_key(data_routing_key: &str) -> String {
 
 /// Lodash-style `camelCase` for environment variable names: words split on non-alphanumerics
 /// and lower→upper case changes; first word lower-case, the rest capitalised.
-pub fn camel_case(name: &str) -> String {
+pub(crate) fn camel_case(name: &str) -> String {
     let mut words: Vec<String> = Vec::new();
     let mut current = String::new();
     let mut prev_lower = false;
@@ -838,18 +918,29 @@ pub fn camel_case(name: &str) -> String {
     out
 }
 
+/// The host name, for connection names (Node: `os.hostname()`); `HOSTNAME` only when the
+/// kernel's and `/etc/hostname` cannot be read.
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "deckhand".to_owned())
+}
+
 fn env_vars() -> Result<Vec<(String, String)>, ConfigError> {
     let mut vars = Vec::new();
     let mut problems = Vec::new();
     for (key, value) in std::env::vars_os() {
         match (key.into_string(), value.into_string()) {
             (Ok(k), Ok(v)) => vars.push((k, v)),
-            (Ok(k), Err(_)) if k.starts_with(PREFIX) || k == STEP_FILE_VAR => {
-                problems.push(ConfigProblem {
+            (Ok(k), Err(_)) if k.starts_with(PREFIX) || k.starts_with("DECKHAND_") => problems
+                .push(ConfigProblem {
                     var: k,
                     reason: "is not valid UTF-8".into(),
-                })
-            }
+                }),
             // Variables we do not read may hold anything.
             (Ok(_), Err(_)) | (Err(_), _) => {}
         }
@@ -1151,6 +1242,47 @@ impl Reader {
             }
         }
         AdditionalHeaders(headers)
+    }
+
+    /// A Deckhand variable (no prefix); empty counts as unset.
+    fn deckhand(&self, var: &str) -> Option<String> {
+        self.vars.get(var).filter(|v| !v.is_empty()).cloned()
+    }
+
+    fn update_keys_mode(&mut self, step_source: &StepSource) -> UpdateKeysMode {
+        let mode = match self.deckhand(UPDATE_KEYS_VAR) {
+            None => return UpdateKeysMode::Amqp,
+            Some(raw) => match raw.trim().to_ascii_lowercase().as_str() {
+                "amqp" => UpdateKeysMode::Amqp,
+                "api" => UpdateKeysMode::Api,
+                "both" => UpdateKeysMode::Both,
+                _ => {
+                    self.problem(UPDATE_KEYS_VAR, "must be `amqp`, `api` or `both`");
+                    return UpdateKeysMode::Amqp;
+                }
+            },
+        };
+        if mode != UpdateKeysMode::Amqp && !matches!(step_source, StepSource::Api { .. }) {
+            self.problem(
+                UPDATE_KEYS_VAR,
+                "`api` and `both` put the keys to the platform API: set ELASTICIO_API_URI",
+            );
+        }
+        mode
+    }
+
+    fn shutdown_timeout(&mut self) -> Duration {
+        const DEFAULT: Duration = Duration::from_secs(30);
+        match self.deckhand(SHUTDOWN_TIMEOUT_VAR) {
+            None => DEFAULT,
+            Some(raw) => match raw.trim().parse::<u64>() {
+                Ok(secs) => Duration::from_secs(secs),
+                Err(_) => {
+                    self.problem(SHUTDOWN_TIMEOUT_VAR, "must be a whole number of seconds");
+                    DEFAULT
+                }
+            },
+        }
     }
 
     fn credential_store(&mut self) -> Option<CredentialStoreSettings> {
@@ -1659,6 +1791,46 @@ pub(crate) mod tests {
             assert!(e.mentions(var), "{var} not reported in:\n{e}");
         }
         assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn worker_variables_with_bad_values_are_reported_not_defaulted() {
+        // These two were read by the worker itself, where a typo silently meant the default.
+        let bad = with(
+            with(base_env(), "DECKHAND_UPDATE_KEYS", "apii"),
+            "DECKHAND_SHUTDOWN_TIMEOUT_SECS",
+            "30s",
+        );
+        let e = err(bad);
+        for var in ["DECKHAND_UPDATE_KEYS", "DECKHAND_SHUTDOWN_TIMEOUT_SECS"] {
+            assert!(e.mentions(var), "{var} not reported in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn worker_variables_are_read_with_their_defaults() {
+        let c = RuntimeConfig::from_vars(base_env()).unwrap();
+        assert_eq!(
+            (c.update_keys, c.shutdown_timeout),
+            (UpdateKeysMode::Amqp, Duration::from_secs(30))
+        );
+        let env = with(
+            with(base_env(), "DECKHAND_UPDATE_KEYS", " Both "),
+            "DECKHAND_SHUTDOWN_TIMEOUT_SECS",
+            "0",
+        );
+        let c = RuntimeConfig::from_vars(env).unwrap();
+        assert_eq!(
+            (c.update_keys, c.shutdown_timeout),
+            (UpdateKeysMode::Both, Duration::ZERO)
+        );
+        // `api` without the platform API has nowhere to put the keys.
+        let e = err(with(
+            without(base_env(), "ELASTICIO_API_URI"),
+            "DECKHAND_UPDATE_KEYS",
+            "api",
+        ));
+        assert!(e.mentions("DECKHAND_UPDATE_KEYS"), "{e}");
     }
 
     #[test]

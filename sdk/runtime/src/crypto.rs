@@ -21,7 +21,7 @@ type Aes256CbcEnc = cbc::Encryptor<Aes256>;
 type Aes256CbcDec = cbc::Decryptor<Aes256>;
 
 /// Length in bytes the crypto IV must have (one AES block).
-pub const IV_LEN: usize = 16;
+pub(crate) const IV_LEN: usize = 16;
 
 /// How an encrypted message body is encoded on the wire (`protocolVersion` AMQP header).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -135,7 +135,7 @@ impl MessageCipher {
 
     /// Encrypts `plaintext` to base64 text, the encoding of the error envelope's fields and
     /// of error replies whatever the protocol version.
-    pub fn encrypt_base64(&self, plaintext: &[u8]) -> String {
+    pub(crate) fn encrypt_base64(&self, plaintext: &[u8]) -> String {
         BASE64.encode(self.encrypt_raw(plaintext))
     }
 
@@ -163,7 +163,8 @@ impl MessageCipher {
     }
 
     /// Decrypts a base64 string (an error envelope field).
-    pub fn decrypt_base64(&self, text: &str) -> Result<Vec<u8>, CryptoError> {
+    #[cfg(test)]
+    pub(crate) fn decrypt_base64(&self, text: &str) -> Result<Vec<u8>, CryptoError> {
         self.decrypt(text.as_bytes(), ProtocolVersion::V1)
     }
 

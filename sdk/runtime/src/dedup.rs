@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
-use crate::amqp::{Delivery, Outcome, SettleError};
+use crate::amqp::{Delivery, SettleError, Settlement};
 use crate::protocol::Incoming;
 
 /// Completed messages remembered by default.
@@ -63,7 +63,7 @@ pub enum Admission {
     Duplicate,
     /// A redelivered copy of a message already completed; it was settled with the remembered
     /// outcome (the result of that settlement is included).
-    AlreadyProcessed(Outcome, Result<(), SettleError>),
+    AlreadyProcessed(Settlement, Result<(), SettleError>),
 }
 
 /// Identity of a message: SHA-256 of its `messageId`, `publishId` and body, truncated to 128
@@ -129,7 +129,7 @@ struct Running {
 #[derive(Default)]
 struct State {
     running: HashMap<Fingerprint, Running>,
-    completed: HashMap<Fingerprint, (Outcome, Instant)>,
+    completed: HashMap<Fingerprint, (Settlement, Instant)>,
     order: VecDeque<(Fingerprint, Instant)>,
 }
 
@@ -228,7 +228,7 @@ impl Deduplicator {
     /// — and every redelivered copy that arrived meanwhile, and remembers it so that a later
     /// redelivery (after a lost ack) is settled without running again. Returns `Ok` if at
     /// least one of them reached the broker, else the original's error.
-    pub async fn finish(&self, ticket: Ticket, outcome: Outcome) -> Result<(), SettleError> {
+    pub async fn finish(&self, ticket: Ticket, outcome: Settlement) -> Result<(), SettleError> {
         self.settle(ticket, outcome, true).await
     }
 
@@ -237,7 +237,7 @@ impl Deduplicator {
     pub async fn finish_unconfirmed(
         &self,
         ticket: Ticket,
-        outcome: Outcome,
+        outcome: Settlement,
     ) -> Result<(), SettleError> {
         self.settle(ticket, outcome, false).await
     }
@@ -245,7 +245,7 @@ impl Deduplicator {
     async fn settle(
         &self,
         ticket: Ticket,
-        outcome: Outcome,
+        outcome: Settlement,
         confirmed: bool,
     ) -> Result<(), SettleError> {
         let copies = match ticket.fingerprint {
@@ -291,7 +291,7 @@ impl Deduplicator {
         self.lock().completed.len()
     }
 
-    fn remember(&self, state: &mut State, fingerprint: Fingerprint, outcome: Outcome) {
+    fn remember(&self, state: &mut State, fingerprint: Fingerprint, outcome: Settlement) {
         let now = Instant::now();
         while let Some(&(oldest, at)) = state.order.front() {
             let full =
@@ -330,13 +330,13 @@ mod tests {
         delivery_with_headers(tag, headers, body, false, log, false)
     }
 
-    type Log = Arc<StdMutex<Vec<(u64, Outcome)>>>;
+    type Log = Arc<StdMutex<Vec<(u64, Settlement)>>>;
 
     fn log() -> Log {
         Arc::default()
     }
 
-    fn entries(log: &Log) -> Vec<(u64, Outcome)> {
+    fn entries(log: &Log) -> Vec<(u64, Settlement)> {
         log.lock().unwrap().clone()
     }
 
@@ -350,9 +350,9 @@ mod tests {
         };
         assert_eq!(t.message_id(), Some("a"));
         assert_eq!(dedup.in_flight(), 1);
-        dedup.finish(t, Outcome::Ack).await.unwrap();
+        dedup.finish(t, Settlement::Ack).await.unwrap();
         assert_eq!(dedup.in_flight(), 0);
-        assert_eq!(entries(&l), vec![(1, Outcome::Ack)]);
+        assert_eq!(entries(&l), vec![(1, Settlement::Ack)]);
     }
 
     #[tokio::test]
@@ -369,8 +369,8 @@ mod tests {
             dedup.admit(delivery(7, Some("a"), true, &l, false)).await,
             Admission::Duplicate
         ));
-        dedup.finish(t, Outcome::Reject).await.unwrap();
-        assert_eq!(entries(&l), vec![(7, Outcome::Reject)]);
+        dedup.finish(t, Settlement::Reject).await.unwrap();
+        assert_eq!(entries(&l), vec![(7, Settlement::Reject)]);
         assert_eq!(dedup.in_flight(), 0);
     }
 
@@ -383,18 +383,18 @@ mod tests {
             panic!("must process");
         };
         assert_eq!(
-            dedup.finish(t, Outcome::Ack).await,
+            dedup.finish(t, Settlement::Ack).await,
             Err(SettleError::ChannelClosed)
         );
         match dedup.admit(delivery(3, Some("a"), true, &l, false)).await {
-            Admission::AlreadyProcessed(Outcome::Ack, Ok(())) => {}
+            Admission::AlreadyProcessed(Settlement::Ack, Ok(())) => {}
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(entries(&l), vec![(3, Outcome::Ack)]);
+        assert_eq!(entries(&l), vec![(3, Settlement::Ack)]);
         // A later redelivery (its ack lost again) is recognised too.
         assert!(matches!(
             dedup.admit(delivery(4, Some("a"), true, &l, false)).await,
-            Admission::AlreadyProcessed(Outcome::Ack, Ok(()))
+            Admission::AlreadyProcessed(Settlement::Ack, Ok(()))
         ));
         // A fresh publish with the same id and content (a rebound) runs.
         assert!(matches!(
@@ -412,7 +412,7 @@ mod tests {
         else {
             panic!("must process");
         };
-        let _ = dedup.finish(t, Outcome::Ack).await;
+        let _ = dedup.finish(t, Settlement::Ack).await;
         assert!(matches!(
             dedup.admit(delivery(2, Some("a"), false, &l, false)).await,
             Admission::Process(_)
@@ -441,12 +441,16 @@ mod tests {
         let Admission::Process(third) = third else {
             panic!("a redelivery of unseen content must be processed");
         };
-        dedup.finish(first, Outcome::Ack).await.unwrap();
-        dedup.finish(second, Outcome::Ack).await.unwrap();
-        dedup.finish(third, Outcome::Ack).await.unwrap();
+        dedup.finish(first, Settlement::Ack).await.unwrap();
+        dedup.finish(second, Settlement::Ack).await.unwrap();
+        dedup.finish(third, Settlement::Ack).await.unwrap();
         assert_eq!(
             entries(&l),
-            vec![(1, Outcome::Ack), (2, Outcome::Ack), (3, Outcome::Ack)]
+            vec![
+                (1, Settlement::Ack),
+                (2, Settlement::Ack),
+                (3, Settlement::Ack)
+            ]
         );
     }
 
@@ -461,12 +465,15 @@ mod tests {
             panic!("must process");
         };
         // From the client's side the ack went out fine.
-        dedup.finish(t, Outcome::Ack).await.unwrap();
+        dedup.finish(t, Settlement::Ack).await.unwrap();
         match dedup.admit(delivery(2, Some("a"), true, &l, false)).await {
-            Admission::AlreadyProcessed(Outcome::Ack, Ok(())) => {}
+            Admission::AlreadyProcessed(Settlement::Ack, Ok(())) => {}
             other => panic!("the redelivered copy ran again: {other:?}"),
         }
-        assert_eq!(entries(&l), vec![(1, Outcome::Ack), (2, Outcome::Ack)]);
+        assert_eq!(
+            entries(&l),
+            vec![(1, Settlement::Ack), (2, Settlement::Ack)]
+        );
     }
 
     /// Chaos finding: the upstream worker's write connection died after the broker took an
@@ -479,12 +486,15 @@ mod tests {
         let Admission::Process(t) = dedup.admit(published(1, b"x", "p-1", 0, &l)).await else {
             panic!("the first attempt must be processed");
         };
-        dedup.finish(t, Outcome::Ack).await.unwrap();
+        dedup.finish(t, Settlement::Ack).await.unwrap();
         match dedup.admit(published(2, b"x", "p-1", 1, &l)).await {
-            Admission::AlreadyProcessed(Outcome::Ack, Ok(())) => {}
+            Admission::AlreadyProcessed(Settlement::Ack, Ok(())) => {}
             other => panic!("the republished copy ran again: {other:?}"),
         }
-        assert_eq!(entries(&l), vec![(1, Outcome::Ack), (2, Outcome::Ack)]);
+        assert_eq!(
+            entries(&l),
+            vec![(1, Settlement::Ack), (2, Settlement::Ack)]
+        );
     }
 
     #[tokio::test]
@@ -498,10 +508,10 @@ mod tests {
             dedup.admit(published(2, b"x", "p-1", 2, &l)).await,
             Admission::Duplicate
         ));
-        dedup.finish(t, Outcome::Reject).await.unwrap();
+        dedup.finish(t, Settlement::Reject).await.unwrap();
         assert_eq!(
             entries(&l),
-            vec![(1, Outcome::Reject), (2, Outcome::Reject)]
+            vec![(1, Settlement::Reject), (2, Settlement::Reject)]
         );
     }
 
@@ -513,18 +523,18 @@ mod tests {
         let Admission::Process(t) = dedup.admit(published(1, b"x", "p-1", 0, &l)).await else {
             panic!("must process");
         };
-        dedup.finish(t, Outcome::Ack).await.unwrap();
+        dedup.finish(t, Settlement::Ack).await.unwrap();
         // The same content published again (a component emitting one message twice, or a
         // rebound): another publishId, so another message, even as a retry.
         let Admission::Process(again) = dedup.admit(published(2, b"x", "p-2", 1, &l)).await else {
             panic!("another publish of the same content must be processed");
         };
-        dedup.finish(again, Outcome::Ack).await.unwrap();
+        dedup.finish(again, Settlement::Ack).await.unwrap();
         // A retry whose first attempt never arrived (nacked, or lost before the broker).
         let Admission::Process(first) = dedup.admit(published(3, b"y", "p-3", 1, &l)).await else {
             panic!("a retry of an unseen publish must be processed");
         };
-        dedup.finish(first, Outcome::Ack).await.unwrap();
+        dedup.finish(first, Settlement::Ack).await.unwrap();
         // A retry from a publisher without publishId (e.g. Node's) is not taken for a copy.
         let mut headers = FieldTable::default();
         headers.insert("messageId".into(), js_string("out-1"));
@@ -535,14 +545,14 @@ mod tests {
         else {
             panic!("a retry without publishId must be processed");
         };
-        dedup.finish(foreign, Outcome::Ack).await.unwrap();
+        dedup.finish(foreign, Settlement::Ack).await.unwrap();
         assert_eq!(
             entries(&l),
             vec![
-                (1, Outcome::Ack),
-                (2, Outcome::Ack),
-                (3, Outcome::Ack),
-                (4, Outcome::Ack)
+                (1, Settlement::Ack),
+                (2, Settlement::Ack),
+                (3, Settlement::Ack),
+                (4, Settlement::Ack)
             ]
         );
     }
@@ -557,9 +567,12 @@ mod tests {
             panic!("both must be processed");
         };
         assert_eq!(a.message_id(), None);
-        dedup.finish(a, Outcome::Ack).await.unwrap();
-        dedup.finish(b, Outcome::Reject).await.unwrap();
-        assert_eq!(entries(&l), vec![(1, Outcome::Ack), (2, Outcome::Reject)]);
+        dedup.finish(a, Settlement::Ack).await.unwrap();
+        dedup.finish(b, Settlement::Reject).await.unwrap();
+        assert_eq!(
+            entries(&l),
+            vec![(1, Settlement::Ack), (2, Settlement::Reject)]
+        );
     }
 
     #[tokio::test]
@@ -571,7 +584,7 @@ mod tests {
             else {
                 panic!("must process");
             };
-            let _ = dedup.finish(t, Outcome::Ack).await;
+            let _ = dedup.finish(t, Settlement::Ack).await;
         }
         // "a" was evicted, "b" and "c" are remembered.
         assert!(matches!(
@@ -580,7 +593,7 @@ mod tests {
         ));
         assert!(matches!(
             dedup.admit(delivery(11, Some("c"), true, &l, false)).await,
-            Admission::AlreadyProcessed(Outcome::Ack, Ok(()))
+            Admission::AlreadyProcessed(Settlement::Ack, Ok(()))
         ));
     }
 
@@ -592,7 +605,7 @@ mod tests {
         else {
             panic!("must process");
         };
-        let _ = dedup.finish(t, Outcome::Ack).await;
+        let _ = dedup.finish(t, Settlement::Ack).await;
         std::thread::sleep(Duration::from_millis(2));
         assert!(matches!(
             dedup.admit(delivery(2, Some("a"), true, &l, false)).await,

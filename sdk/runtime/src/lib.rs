@@ -35,7 +35,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use deckhand_runtime::amqp::{Outcome, Transport, TransportOptions};
+//! use deckhand_runtime::amqp::{Settlement, Transport, TransportOptions};
 //! use deckhand_runtime::config::RuntimeConfig;
 //! use deckhand_runtime::dedup::{Admission, Deduplicator};
 //! use deckhand_runtime::protocol::{ErrorInfo, Message, Outgoing, OutgoingContext, StepFlags};
@@ -50,13 +50,13 @@
 //!     let Admission::Process(ticket) = dedup.admit(delivery).await else { continue };
 //!     let incoming = ticket.delivery().incoming.clone();
 //!     let Ok(input) = incoming.decode(&cfg.cipher, cfg.input_format) else {
-//!         dedup.finish(ticket, Outcome::Reject).await.ok(); // undecryptable: reject
+//!         dedup.finish(ticket, Settlement::Reject).await.ok(); // undecryptable: reject
 //!         continue;
 //!     };
 //!     let ctx = OutgoingContext::new(cfg.clone(), incoming, input.clone(), StepFlags::default());
 //!     // Run the component; here it just echoes its input body.
 //!     let events = vec![Outgoing::Data(Message::new(input.body))];
-//!     let mut outcome = Outcome::Ack;
+//!     let mut outcome = Settlement::Ack;
 //!     for event in events {
 //!         let publications = match ctx.publications(event) {
 //!             Ok(p) => p,
@@ -65,7 +65,7 @@
 //!         };
 //!         for p in &publications {
 //!             if p.kind == deckhand_runtime::protocol::PublicationKind::Error {
-//!                 outcome = Outcome::Reject;
+//!                 outcome = Settlement::Reject;
 //!             }
 //!             publisher.publish(p).await?;
 //!         }
@@ -76,6 +76,22 @@
 //! }
 //! # Ok(()) }
 //! ```
+
+#![warn(missing_docs, unnameable_types)]
+
+/// Declares a function public with the `testing` feature and crate-private without it: the
+/// integration tests and benchmarks speak raw AMQP (lapin's types), a connector never does.
+macro_rules! testing_pub {
+    ($(#[$meta:meta])* fn $($item:tt)*) => {
+        #[cfg(feature = "testing")]
+        $(#[$meta])*
+        pub fn $($item)*
+        #[cfg(not(feature = "testing"))]
+        $(#[$meta])*
+        #[allow(dead_code)]
+        pub(crate) fn $($item)*
+    };
+}
 
 pub mod amqp;
 pub mod config;

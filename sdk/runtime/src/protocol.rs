@@ -3,7 +3,7 @@
 //!
 //! The reference behaviour is sailor-nodejs 2.7 (`lib/sailor.js`, `lib/amqp.js`):
 //!
-//! * Every input message gets one set of *base headers* ([`OutgoingContext::base_headers`]):
+//! * Every input message gets one set of *base headers* (`OutgoingContext`'s base headers):
 //!   incoming `x-eio-meta-*` headers (names lower-cased), `reply_to`, the
 //!   `ELASTICIO_ADDITIONAL_VARS_FOR_HEADERS` values, `parentMessageId` (the incoming
 //!   `messageId`), `threadId` (incoming `threadId`, else `x-eio-meta-trace-id`, else a new
@@ -14,7 +14,7 @@
 //!   `reboundReason`/`reboundIteration` on rebounds; the publisher adds `retry: n` on the
 //!   n-th publish retry.
 //! * Header value types follow amqplib: strings are long strings, booleans booleans, and
-//!   integers the smallest signed type that holds them ([`js_number`]), so `protocolVersion`
+//!   integers the smallest signed type that holds them (`js_number`), so `protocolVersion`
 //!   travels as an 8-bit and `start`/`end` as a 64-bit integer.
 //! * Properties: `contentType: application/json`, `contentEncoding: utf8`, deliveryMode 1
 //!   (2 with `ELASTICIO_AMQP_PERSISTENT_MESSAGES`), published `mandatory`.
@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -113,12 +113,12 @@ pub mod header {
 /// Content type of every publish.
 pub const CONTENT_TYPE: &str = "application/json";
 /// Content encoding of every publish.
-pub const CONTENT_ENCODING: &str = "utf8";
+pub(crate) const CONTENT_ENCODING: &str = "utf8";
 /// Most of the input an error event carries: a longer `errorInput` is replaced by an
 /// encrypted marker with the input's beginning (see [`OutgoingContext::publications`]).
-pub const ERROR_INPUT_LIMIT: usize = 64 * 1024;
+pub(crate) const ERROR_INPUT_LIMIT: usize = 64 * 1024;
 /// Message of the error that replaces a rebound over the limit.
-pub const REBOUND_LIMIT_EXCEEDED: &str = "Rebound limit exceeded";
+pub(crate) const REBOUND_LIMIT_EXCEEDED: &str = "Rebound limit exceeded";
 
 /// A message as JSON, without `passthrough` (what passthrough stores).
 fn without_passthrough(message: &Message) -> Value {
@@ -186,10 +186,18 @@ pub struct Publication {
     pub routing_key: String,
     /// Message body.
     pub body: Vec<u8>,
+    // lapin's types are public only with the `testing` feature (tests drive the transport
+    // with raw AMQP properties), so they stay out of the API a connector sees.
     /// AMQP headers (the transport adds `retry` on retries).
+    #[cfg(feature = "testing")]
     pub headers: FieldTable,
+    #[cfg(not(feature = "testing"))]
+    pub(crate) headers: FieldTable,
     /// AMQP properties other than headers.
+    #[cfg(feature = "testing")]
     pub properties: BasicProperties,
+    #[cfg(not(feature = "testing"))]
+    pub(crate) properties: BasicProperties,
     /// Publish with the `mandatory` flag.
     pub mandatory: bool,
 }
@@ -198,7 +206,7 @@ impl Publication {
     /// The properties to publish with for attempt `retry` (0 = first attempt) of the publish
     /// `publish_id`: the headers, `publishId` (the same on every attempt, replacing one copied
     /// from an input), plus `retry: n` from the first retry on, as Node does.
-    pub fn amqp_properties(&self, retry: u32, publish_id: &str) -> BasicProperties {
+    pub(crate) fn amqp_properties(&self, retry: u32, publish_id: &str) -> BasicProperties {
         let mut headers = self.headers.clone();
         headers.insert(header::PUBLISH_ID.into(), js_string(publish_id));
         if retry > 0 {
@@ -207,9 +215,11 @@ impl Publication {
         self.properties.clone().with_headers(headers)
     }
 
+    testing_pub! {
     /// A header of this publication.
-    pub fn header(&self, name: &str) -> Option<&AMQPValue> {
+    fn header(&self, name: &str) -> Option<&AMQPValue> {
         self.headers.inner().get(name)
+    }
     }
 }
 
@@ -255,25 +265,32 @@ pub struct StepFlags {
 /// (rebounds republish both unchanged).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Incoming {
-    /// Original properties, headers included.
+    /// Original properties, headers included (public with the `testing` feature only).
+    #[cfg(feature = "testing")]
     pub properties: BasicProperties,
+    #[cfg(not(feature = "testing"))]
+    pub(crate) properties: BasicProperties,
     /// Raw body as received.
     pub body: Vec<u8>,
 }
 
 impl Incoming {
+    testing_pub! {
     /// Wraps a received message.
-    pub fn new(properties: BasicProperties, body: Vec<u8>) -> Self {
+    fn new(properties: BasicProperties, body: Vec<u8>) -> Self {
         Self { properties, body }
     }
+    }
 
+    testing_pub! {
     /// The AMQP headers (empty if none).
-    pub fn headers(&self) -> &FieldTable {
+    fn headers(&self) -> &FieldTable {
         static EMPTY: std::sync::OnceLock<FieldTable> = std::sync::OnceLock::new();
         self.properties
             .headers()
             .as_ref()
             .unwrap_or_else(|| EMPTY.get_or_init(FieldTable::default))
+    }
     }
 
     /// The `messageId` header, the deduplication key.
@@ -369,16 +386,17 @@ impl Incoming {
 }
 
 /// Milliseconds since the Unix epoch, the unit of `start`/`end`.
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 
+testing_pub! {
 /// Encodes an integer the way amqplib encodes a JavaScript integer: the smallest signed type
 /// that holds it (`b` 8-bit, `s` 16-bit, `I` 32-bit, `l` 64-bit).
-pub fn js_number(n: i64) -> AMQPValue {
+fn js_number(n: i64) -> AMQPValue {
     if let Ok(v) = i8::try_from(n) {
         AMQPValue::ShortShortInt(v)
     } else if let Ok(v) = i16::try_from(n) {
@@ -389,20 +407,27 @@ pub fn js_number(n: i64) -> AMQPValue {
         AMQPValue::LongLongInt(n)
     }
 }
+}
 
+testing_pub! {
 /// A string header value (AMQP long string, as amqplib sends strings).
-pub fn js_string(s: impl Into<String>) -> AMQPValue {
+fn js_string(s: impl Into<String>) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.into()))
 }
-
-/// A header as a string, if it is a (long or short) string.
-pub fn header_string(table: &FieldTable, name: &str) -> Option<String> {
-    table.inner().get(name).and_then(amqp_str)
 }
 
+testing_pub! {
+/// A header as a string, if it is a (long or short) string.
+fn header_string(table: &FieldTable, name: &str) -> Option<String> {
+    table.inner().get(name).and_then(amqp_str)
+}
+}
+
+testing_pub! {
 /// A header as a number, if it is any numeric AMQP type.
-pub fn header_number(table: &FieldTable, name: &str) -> Option<f64> {
+fn header_number(table: &FieldTable, name: &str) -> Option<f64> {
     table.inner().get(name).and_then(amqp_number)
+}
 }
 
 fn amqp_str(v: &AMQPValue) -> Option<String> {
@@ -441,7 +466,7 @@ fn truthy(v: &AMQPValue) -> bool {
 }
 
 /// An AMQP value as the JSON amqplib would decode it to.
-pub fn amqp_value_to_json(v: &AMQPValue) -> Value {
+pub(crate) fn amqp_value_to_json(v: &AMQPValue) -> Value {
     match v {
         AMQPValue::Boolean(b) => Value::Bool(*b),
         AMQPValue::LongString(_) | AMQPValue::ShortString(_) => {
@@ -473,7 +498,7 @@ pub fn amqp_value_to_json(v: &AMQPValue) -> Value {
 }
 
 /// A header table as a JSON object.
-pub fn field_table_to_json(t: &FieldTable) -> Value {
+pub(crate) fn field_table_to_json(t: &FieldTable) -> Value {
     Value::Object(
         t.inner()
             .iter()
@@ -483,7 +508,8 @@ pub fn field_table_to_json(t: &FieldTable) -> Value {
 }
 
 /// A JSON value as an AMQP header value, typed as amqplib would.
-pub fn json_to_amqp_value(v: &Value) -> AMQPValue {
+#[cfg(test)]
+fn json_to_amqp_value(v: &Value) -> AMQPValue {
     match v {
         Value::Null => AMQPValue::Void,
         Value::Bool(b) => AMQPValue::Boolean(*b),
@@ -492,7 +518,7 @@ pub fn json_to_amqp_value(v: &Value) -> AMQPValue {
             None => AMQPValue::Double(n.as_f64().unwrap_or(0.0)),
         },
         Value::String(s) => js_string(s.clone()),
-        Value::Array(a) => AMQPValue::FieldArray(FieldArray::from(
+        Value::Array(a) => AMQPValue::FieldArray(lapin::types::FieldArray::from(
             a.iter().map(json_to_amqp_value).collect::<Vec<_>>(),
         )),
         Value::Object(o) => {
@@ -579,7 +605,7 @@ fn without_headers(p: &BasicProperties) -> BasicProperties {
 /// Like Node there is no cap (RabbitMQ accepts e.g. the 20th default rebound's 7864320000 ms);
 /// the product saturates at `u64::MAX` where JavaScript would switch to exponent notation
 /// (which the broker would refuse) — far beyond any real `REBOUND_LIMIT`.
-pub fn rebound_expiration_ms(initial_ms: u64, iteration: u32) -> u64 {
+pub(crate) fn rebound_expiration_ms(initial_ms: u64, iteration: u32) -> u64 {
     let expiration = deckhand_core::retry::Backoff::exponential(Duration::from_millis(initial_ms))
         .delay(iteration.saturating_sub(1));
     u64::try_from(expiration.as_millis()).unwrap_or(u64::MAX)
@@ -636,7 +662,8 @@ impl OutgoingContext {
     }
 
     /// The headers every event starts from (reference §3.5).
-    pub fn base_headers(&self) -> &FieldTable {
+    #[cfg(test)]
+    fn base_headers(&self) -> &FieldTable {
         &self.base
     }
 
@@ -1035,7 +1062,7 @@ impl OutgoingContext {
 
 /// The error publication for a failure outside message processing (startup or init hook),
 /// as Node's `reportError`: step identity headers and a new `messageId`, no `errorInput`.
-pub fn startup_error_publication(cfg: &RuntimeConfig, error: &ErrorInfo) -> Publication {
+pub(crate) fn startup_error_publication(cfg: &RuntimeConfig, error: &ErrorInfo) -> Publication {
     let mut headers = FieldTable::default();
     for (name, value) in &cfg.additional_headers.0 {
         if let Ok(key) = ShortString::try_new(name.clone()) {

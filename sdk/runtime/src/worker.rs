@@ -32,13 +32,14 @@ use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use super::amqp::{Outcome, Publisher, Transport, TransportOptions};
-use super::config::{LaunchConfig, RuntimeConfig, StepSource};
+use super::amqp::{Publisher, Settlement, Transport, TransportOptions};
+use super::config::{LaunchConfig, RuntimeConfig, StepSource, UpdateKeysMode};
 use super::dedup::{Admission, Deduplicator, Ticket};
 use super::protocol::{
     ErrorInfo, Incoming, Message, Outgoing, OutgoingContext, PublicationKind, StepFlags,
     startup_error_publication,
 };
+use deckhand_component::ComponentDescriptor;
 use deckhand_connector::{Connector, EmitError, Emitter, ErrorKind, Event, Session, StepConfig};
 use deckhand_core::auth::{KeysSink, KeysUpdate, SinkError};
 use deckhand_core::credentials::Credentials;
@@ -51,31 +52,6 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit status: usage or I/O error.
 pub const EXIT_USAGE: u8 = 2;
-
-/// The name of the credential field holding OAuth2 tokens (`viewClass` `OAuthFieldView` or
-/// `HTTPAuthView`), if the descriptor declares one.
-pub fn oauth_field(descriptor: &Value) -> Option<String> {
-    descriptor
-        .pointer("/credentials/fields")?
-        .as_object()?
-        .iter()
-        .find(|(_, field)| {
-            matches!(
-                field.get("viewClass").and_then(Value::as_str),
-                Some("OAuthFieldView" | "HTTPAuthView")
-            )
-        })
-        .map(|(name, _)| name.clone())
-}
-
-/// The names of the credential fields a descriptor declares.
-pub fn credential_fields(descriptor: &Value) -> Vec<String> {
-    descriptor
-        .pointer("/credentials/fields")
-        .and_then(Value::as_object)
-        .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default()
-}
 
 /// The step definition, as `GET /v1/tasks/{flow}/steps/{step}` returns it (or the step file).
 ///
@@ -130,8 +106,8 @@ pub enum StartError {
         "DECKHAND_UPDATE_KEYS={mode} needs ELASTICIO_API_URI and an `_account` in the step config"
     )]
     UpdateKeysNeedsApi {
-        /// The variable's value.
-        mode: String,
+        /// The configured mode (`api` or `both`).
+        mode: UpdateKeysMode,
     },
     /// The step's credentials are not valid keys.
     #[error("the step's credentials: {0}")]
@@ -200,7 +176,10 @@ pub enum PlatformApiError {
 }
 
 /// Loads the step from the platform API (with Sailor's retries) or the step file.
-pub async fn load_step(source: &StepSource, cfg: &RuntimeConfig) -> Result<StepData, StepError> {
+pub(crate) async fn load_step(
+    source: &StepSource,
+    cfg: &RuntimeConfig,
+) -> Result<StepData, StepError> {
     match source {
         StepSource::File(path) => {
             let text = tokio::fs::read(path)
@@ -277,12 +256,15 @@ async fn platform_request(
 
 /// Splits a step's merged config into fields and the credential (with its token under the
 /// descriptor's OAuth field).
-pub fn step_config(step: &StepData, descriptor: &Value) -> Result<StepConfig, StartError> {
-    let fields = credential_fields(descriptor);
+pub(crate) fn step_config(
+    step: &StepData,
+    descriptor: &ComponentDescriptor,
+) -> Result<StepConfig, StartError> {
+    let fields = descriptor.credential_fields();
     let mut config =
         StepConfig::from_merged_config(step.config.clone(), &fields, step.snapshot.clone())?;
-    if let (Some(field), Some(creds)) = (oauth_field(descriptor), &config.credentials) {
-        config.credentials = Some(Credentials::with_token_field(creds.to_keys(), &field)?);
+    if let (Some(field), Some(creds)) = (descriptor.oauth_field(), &config.credentials) {
+        config.credentials = Some(Credentials::with_token_field(creds.to_keys(), field)?);
     }
     if config.snapshot.is_null() {
         config.snapshot = Value::Object(Map::new());
@@ -617,7 +599,13 @@ pub async fn run_worker<C: Connector>(connector: Arc<C>, component_json: &str) -
             return EXIT_USAGE;
         }
     };
-    let descriptor: Value = serde_json::from_str(component_json).unwrap_or(Value::Null);
+    let descriptor = match ComponentDescriptor::from_json(component_json) {
+        Ok(descriptor) => descriptor,
+        Err(e) => {
+            eprintln!("error: the connector's component.json is not a valid descriptor: {e}");
+            return EXIT_USAGE;
+        }
+    };
     match launch {
         LaunchConfig::ShutdownHook(cfg) => shutdown_hook(connector, &cfg).await,
         LaunchConfig::Worker(cfg) => {
@@ -708,7 +696,7 @@ impl<C: Connector> Worker<C> {
     pub async fn start(
         connector: Arc<C>,
         cfg: Arc<RuntimeConfig>,
-        descriptor: &Value,
+        descriptor: &ComponentDescriptor,
     ) -> Result<Self, StartError> {
         let options = TransportOptions::from_config(&cfg);
         Self::start_with(connector, cfg, descriptor, options).await
@@ -718,7 +706,7 @@ impl<C: Connector> Worker<C> {
     pub async fn start_with(
         connector: Arc<C>,
         cfg: Arc<RuntimeConfig>,
-        descriptor: &Value,
+        descriptor: &ComponentDescriptor,
         options: TransportOptions,
     ) -> Result<Self, StartError> {
         for notice in &cfg.notices {
@@ -741,15 +729,14 @@ impl<C: Connector> Worker<C> {
             ApiKeysSink::new(&cfg.step_source, account, cfg.api_retry)
                 .map(|sink| sink.starting_from(step_config.credentials.as_ref()))
         });
-        let sink: Arc<dyn KeysSink> =
-            match (std::env::var("DECKHAND_UPDATE_KEYS").as_deref(), api_sink) {
-                (Ok("api"), Some(api)) => Arc::new(api),
-                (Ok("both"), Some(api)) => Arc::new(BothSinks(amqp_sink, api)),
-                (Ok(mode @ ("api" | "both")), None) => {
-                    return Err(StartError::UpdateKeysNeedsApi { mode: mode.into() });
-                }
-                _ => Arc::new(amqp_sink),
-            };
+        let sink: Arc<dyn KeysSink> = match (cfg.update_keys, api_sink) {
+            (UpdateKeysMode::Amqp, _) => Arc::new(amqp_sink),
+            (UpdateKeysMode::Api, Some(api)) => Arc::new(api),
+            (UpdateKeysMode::Both, Some(api)) => Arc::new(BothSinks(amqp_sink, api)),
+            (mode @ (UpdateKeysMode::Api | UpdateKeysMode::Both), None) => {
+                return Err(StartError::UpdateKeysNeedsApi { mode });
+            }
+        };
         let (step_config, shared, relay) = match &cfg.credential_store {
             Some(settings) => {
                 let relay_sink =
@@ -855,11 +842,7 @@ impl<C: Connector> Worker<C> {
             }
             while in_flight.try_join_next().is_some() {}
         }
-        let grace = std::env::var("DECKHAND_SHUTDOWN_TIMEOUT_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .map(Duration::from_secs)
-            .unwrap_or(Duration::from_secs(30));
+        let grace = self.cfg.shutdown_timeout;
         let shutdown_started = tokio::time::Instant::now();
         let drained = tokio::time::timeout(grace, async {
             while in_flight.join_next().await.is_some() {}
@@ -1072,7 +1055,7 @@ impl<C: Connector> Job<C> {
     }
 
     /// The outcome, and whether every publish of the processing was confirmed.
-    async fn process(&self, incoming: Incoming) -> (Outcome, bool) {
+    async fn process(&self, incoming: Incoming) -> (Settlement, bool) {
         let decoded = incoming.decode(&self.cfg.cipher, self.cfg.input_format);
         let (message, decode_error) = match decoded {
             Ok(message) => (message, None),
@@ -1096,9 +1079,9 @@ impl<C: Connector> Job<C> {
             };
             if let Err(e) = emitter.publish(Outgoing::Error(error)).await {
                 tracing::error!(error = %e, "could not publish the error event");
-                return (Outcome::Reject, false);
+                return (Settlement::Reject, false);
             }
-            return (Outcome::Reject, true);
+            return (Settlement::Reject, true);
         }
         let outcome = self
             .session
@@ -1106,12 +1089,12 @@ impl<C: Connector> Job<C> {
             .await;
         if emitter.publish_failed.load(Ordering::SeqCst) {
             tracing::error!("a publish failed after its retries; rejecting the input message");
-            return (Outcome::Reject, false);
+            return (Settlement::Reject, false);
         }
         if outcome.errors > 0 || emitter.errors_published.load(Ordering::SeqCst) > 0 {
-            (Outcome::Reject, true)
+            (Settlement::Reject, true)
         } else {
-            (Outcome::Ack, true)
+            (Settlement::Ack, true)
         }
     }
 }

@@ -2,12 +2,12 @@
 //! refreshes each credential once per expiry and no rotation is lost to a crash.
 //!
 //! This crate is the PostgreSQL implementation of `deckhand-core`'s
-//! [`CredentialStore`](deckhand_core::auth::CredentialStore) and nothing more: the trait, the
+//! [`CredentialStore`] and nothing more: the trait, the
 //! lease protocol's client side and token refresh live in `deckhand-core`; the runtime attaches
 //! this store when `DECKHAND_STORE_URL` is set.
 //!
 //! * Keys are encrypted at rest with AES-256-GCM ([`KeyRing`], key from
-//!   [`STORE_KEYS_ENV`](crypto::STORE_KEYS_ENV), with a key id so keys can be rotated).
+//!   [`STORE_KEYS_ENV`], with a key id so keys can be rotated).
 //! * The lease (holder, epoch, expiry) lives in the row and is judged by the database's clock;
 //!   taking it also records the intent, in one statement.
 //! * A rotation is committed with a compare-and-set on the generation, in one transaction with
@@ -48,6 +48,8 @@
 //! let _authorization = manager.authorization().await?;
 //! # Ok(()) }
 //! ```
+
+#![warn(missing_docs, unnameable_types)]
 
 mod crypto;
 

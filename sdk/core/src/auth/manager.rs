@@ -15,46 +15,13 @@ use super::endpoint::{Failed, Issued};
 use super::metrics::Counters;
 use super::store::{StoreBinding, StoreRefresh};
 use super::{
-    AuthError, AuthMetrics, Clock, Grant, KeysSink, KeysUpdate, PauseCause, Proactive, Strategy,
-    SystemClock, TokenEndpoint, TransientFailure,
+    AuthError, AuthMetrics, Clock, Grant, KeysSink, KeysUpdate, PauseCause, Proactive,
+    RefreshReason, Strategy, SystemClock, TokenEndpoint, TransientFailure,
 };
 
 /// How many refresh tokens this process remembers having rotated away from (to refuse keys
 /// that would put one back).
 const SPENT_REMEMBERED: usize = 64;
-
-/// Why a refresh happened, as reported in logs, metrics and [`KeysUpdate`]s.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RefreshReason {
-    /// There was no usable access token yet.
-    Initial,
-    /// The `PerCall` strategy refreshes before every request.
-    PerCall,
-    /// The token expires within the skew (`BeforeExpiry`), or has expired.
-    Expiry,
-    /// The API rejected the token with this HTTP status.
-    Rejected(u16),
-    /// An earlier refresh's keys were not yet persisted; persisting them again.
-    PendingPersist,
-    /// Asked for explicitly.
-    Forced,
-    /// The component emitted new keys itself (an `updateKeys` event).
-    Component,
-}
-
-impl fmt::Display for RefreshReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Initial => f.write_str("initial"),
-            Self::PerCall => f.write_str("per_call"),
-            Self::Expiry => f.write_str("expiry"),
-            Self::Rejected(status) => write!(f, "rejected_{status}"),
-            Self::PendingPersist => f.write_str("pending_persist"),
-            Self::Forced => f.write_str("forced"),
-            Self::Component => f.write_str("component"),
-        }
-    }
-}
 
 /// The `Authorization` header for one request and the credential generation it came from.
 ///
@@ -321,7 +288,7 @@ impl TokenManagerBuilder {
         self
     }
 
-    /// Sets the clock (tests use [`ManualClock`](super::ManualClock)).
+    /// Sets the clock (tests use `ManualClock`, feature `testing`).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self

@@ -66,16 +66,20 @@ mod error;
 mod manager;
 mod metrics;
 mod middleware;
+mod reason;
 mod sink;
 pub mod store;
 mod strategy;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+#[cfg(any(test, feature = "testing"))]
+pub use clock::ManualClock;
+pub use clock::{Clock, SystemClock};
 pub use endpoint::{ClientAuth, Grant, RetryPolicy, TokenEndpoint};
 pub use error::{AuthError, FailureKind, PauseCause, TransientFailure};
-pub use manager::{Authorization, RefreshReason, TokenManager, TokenManagerBuilder};
+pub use manager::{Authorization, TokenManager, TokenManagerBuilder};
 pub use metrics::AuthMetrics;
 pub use middleware::{BearerAuth, api_http_client};
+pub use reason::RefreshReason;
 pub use sink::{CallbackSink, KeysSink, KeysUpdate, MemorySink, SinkError};
 pub use store::{AccountId, CredentialStore, HolderId};
 pub use strategy::{DEFAULT_SKEW, OnRejection, Proactive, Strategy};

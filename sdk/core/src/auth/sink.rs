@@ -113,7 +113,8 @@ impl MemorySink {
     }
 
     /// Makes the next `n` calls to `persist` fail (to test what happens when the platform
-    /// cannot be reached).
+    /// cannot be reached). Feature `testing`.
+    #[cfg(any(test, feature = "testing"))]
     pub fn fail_next(&self, n: usize) {
         self.lock().failures_left = n;
     }

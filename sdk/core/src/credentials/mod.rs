@@ -38,7 +38,7 @@ use serde_json::{Map, Value};
 
 pub use file::{CredentialsFile, CredentialsFileError};
 pub use secret::Secret;
-pub use token::{EXPIRES_AT_KEY, ExpirySource, TokenSet};
+pub use token::{EXPIRES_AT_KEY, ExpirySource, MalformedToken, TokenSet};
 
 /// The field name used for a token set when the keys hold none yet (e.g. a client-credentials
 /// credential before its first token) and no other name was given.
