@@ -68,6 +68,7 @@ mod context;
 mod error;
 mod event;
 pub mod field;
+mod keys;
 mod message;
 pub mod router;
 mod session;

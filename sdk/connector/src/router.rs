@@ -427,7 +427,7 @@ fn deserialize<T: DeserializeOwned>(
 /// typed configurations already parsed.
 pub(crate) struct StepInputs {
     pub(crate) fields: Map<String, Value>,
-    pub(crate) keys: Arc<super::session::SessionKeys>,
+    pub(crate) keys: Arc<super::keys::SessionKeys>,
     pub(crate) snapshot: Arc<Mutex<Value>>,
     configs: Mutex<HashMap<TypeId, ParsedConfig>>,
 }
@@ -441,7 +441,7 @@ struct ParsedConfig {
 impl StepInputs {
     pub(crate) fn new(
         fields: Map<String, Value>,
-        keys: Arc<super::session::SessionKeys>,
+        keys: Arc<super::keys::SessionKeys>,
         snapshot: Value,
     ) -> Self {
         Self {
