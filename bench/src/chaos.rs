@@ -56,10 +56,10 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde_json::{Value, json};
 
-use crate::runtime_throughput::{Process, echo_binary};
+use crate::runtime_throughput::{
+    CRYPTO_IV, CRYPTO_PASSWORD, EchoStep, Process, echo_binary, echo_worker_env,
+};
 
-const CRYPTO_PASSWORD: &str = "testCryptoPassword";
-const CRYPTO_IV: &str = "iv=any16_symbols";
 const PUBLISH_BATCH: usize = 500;
 /// Every `SHARED_ID_EVERY`-th message reuses the previous message's `messageId`.
 const SHARED_ID_EVERY: usize = 10;
@@ -510,46 +510,23 @@ async fn run_scenario(
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let step_file = dir.path().join("step.json");
     std::fs::write(&step_file, r#"{"config": {}, "snapshot": {}}"#).map_err(|e| e.to_string())?;
-    let env: Vec<(String, String)> = [
-        ("ELASTICIO_FLOW_ID", "flow".to_owned()),
-        ("ELASTICIO_EXEC_ID", "exec".to_owned()),
-        ("ELASTICIO_STEP_ID", "step_1".to_owned()),
-        ("ELASTICIO_CONTAINER_ID", "container".to_owned()),
-        ("ELASTICIO_WORKSPACE_ID", "workspace".to_owned()),
-        ("ELASTICIO_USER_ID", "user".to_owned()),
-        ("ELASTICIO_COMP_ID", "comp".to_owned()),
-        ("ELASTICIO_FUNCTION", "passthrough".to_owned()),
-        ("ELASTICIO_AMQP_URIS", worker_uris),
-        ("ELASTICIO_LISTEN_MESSAGES_ON", names.input.clone()),
-        ("ELASTICIO_PUBLISH_MESSAGES_TO", names.exchange.clone()),
-        ("ELASTICIO_DATA_ROUTING_KEY", "step.message".to_owned()),
-        ("ELASTICIO_ERROR_ROUTING_KEY", "step.error".to_owned()),
-        ("ELASTICIO_REBOUND_ROUTING_KEY", "step.rebound".to_owned()),
-        ("ELASTICIO_SNAPSHOT_ROUTING_KEY", "step.snapshot".to_owned()),
-        (
-            "ELASTICIO_MESSAGE_CRYPTO_PASSWORD",
-            CRYPTO_PASSWORD.to_owned(),
-        ),
-        ("ELASTICIO_MESSAGE_CRYPTO_IV", CRYPTO_IV.to_owned()),
-        (
-            "ELASTICIO_RABBITMQ_PREFETCH_SAILOR",
-            args.prefetch.to_string(),
-        ),
-        ("ELASTICIO_DATA_RATE_LIMIT", "0".to_owned()),
-        ("ELASTICIO_ERROR_RATE_LIMIT", "0".to_owned()),
-        ("ELASTICIO_SNAPSHOT_RATE_LIMIT", "0".to_owned()),
-        // Reconnect rounds: the broker restart takes a few seconds.
-        ("ELASTICIO_AMQP_RECONNECT_ATTEMPTS", "50".to_owned()),
-        ("ELASTICIO_AMQP_RECONNECT_TIMEOUT", "200".to_owned()),
-        (
-            "DECKHAND_STEP_FILE",
-            step_file.to_string_lossy().into_owned(),
-        ),
-        ("LOG_LEVEL", "info".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let mut env = echo_worker_env(&EchoStep {
+        flow_id: "chaos",
+        broker: ("ELASTICIO_AMQP_URIS", worker_uris),
+        input: &names.input,
+        exchange: &names.exchange,
+        routing_key: &|kind| format!("step.{kind}"),
+        prefetch: args.prefetch,
+        step_file: &step_file,
+    });
+    // Reconnect rounds: the broker restart takes a few seconds.
+    env.extend(
+        [
+            ("ELASTICIO_AMQP_RECONNECT_ATTEMPTS", "50"),
+            ("ELASTICIO_AMQP_RECONNECT_TIMEOUT", "200"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
     let mut worker = Process::spawn(worker_command(echo, &env), "worker")?;
     let mut worker_errors = 0;
 

@@ -52,8 +52,8 @@ use tokio::sync::oneshot;
 
 const DEFAULT_AMQP_URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The crypto settings of the broker tests (`sdk/tests/runtime_support`).
-const CRYPTO_PASSWORD: &str = "testCryptoPassword";
-const CRYPTO_IV: &str = "iv=any16_symbols";
+pub(crate) const CRYPTO_PASSWORD: &str = "testCryptoPassword";
+pub(crate) const CRYPTO_IV: &str = "iv=any16_symbols";
 /// The worker's log message for its first delivery; the lapin loop prints the same.
 const FIRST_CONSUMED: &str = "first message consumed";
 /// How often the output queue's message count is read.
@@ -445,9 +445,15 @@ async fn one_run(
     let mut command = match arm {
         Arm::Deckhand => {
             let mut c = tokio::process::Command::new(echo);
-            c.arg("run")
-                .env_clear()
-                .envs(worker_env(args, topo, &input, &rk, step_file));
+            c.arg("run").env_clear().envs(echo_worker_env(&EchoStep {
+                flow_id: &topo.id,
+                broker: ("ELASTICIO_AMQP_URI", args.amqp_uri.clone()),
+                input: &input,
+                exchange: &topo.exchange,
+                routing_key: &rk,
+                prefetch: args.prefetch,
+                step_file,
+            }));
             c
         }
         Arm::LapinLoop => {
@@ -536,17 +542,30 @@ fn this_binary() -> Result<PathBuf, String> {
     std::env::current_exe().map_err(|e| format!("cannot locate this binary: {e}"))
 }
 
-/// The worker's environment: a Sailor step consuming `input`, publishing to the exchange.
-fn worker_env(
-    args: &Args,
-    topo: &Topology,
-    input: &str,
-    rk: &dyn Fn(&str) -> String,
-    step_file: &Path,
-) -> Vec<(String, String)> {
-    let id = &topo.id;
+/// The echo worker's step, as far as its environment differs between the benchmarks.
+pub(crate) struct EchoStep<'a> {
+    /// The flow id (the benchmarks use their topology's id).
+    pub flow_id: &'a str,
+    /// `ELASTICIO_AMQP_URI` (one node) or `ELASTICIO_AMQP_URIS` (a failover list), and its value.
+    pub broker: (&'static str, String),
+    /// The queue the worker consumes.
+    pub input: &'a str,
+    /// The exchange it publishes to.
+    pub exchange: &'a str,
+    /// The routing key of an event kind (`message`, `error`, `rebound`, `snapshot`).
+    pub routing_key: &'a dyn Fn(&str) -> String,
+    /// `basic.qos` prefetch.
+    pub prefetch: u16,
+    /// The step file (`config`, `snapshot`).
+    pub step_file: &'a Path,
+}
+
+/// The worker's environment: a Sailor step running `passthrough` on the benchmarks' crypto
+/// settings with every throttle off.
+pub(crate) fn echo_worker_env(step: &EchoStep<'_>) -> Vec<(String, String)> {
+    let rk = step.routing_key;
     [
-        ("ELASTICIO_FLOW_ID", format!("flow-{id}")),
+        ("ELASTICIO_FLOW_ID", format!("flow-{}", step.flow_id)),
         ("ELASTICIO_EXEC_ID", "exec-1".to_owned()),
         ("ELASTICIO_STEP_ID", "step_1".to_owned()),
         ("ELASTICIO_CONTAINER_ID", "container-1".to_owned()),
@@ -554,9 +573,9 @@ fn worker_env(
         ("ELASTICIO_USER_ID", "user-1".to_owned()),
         ("ELASTICIO_COMP_ID", "comp-1".to_owned()),
         ("ELASTICIO_FUNCTION", "passthrough".to_owned()),
-        ("ELASTICIO_AMQP_URI", args.amqp_uri.clone()),
-        ("ELASTICIO_LISTEN_MESSAGES_ON", input.to_owned()),
-        ("ELASTICIO_PUBLISH_MESSAGES_TO", topo.exchange.clone()),
+        (step.broker.0, step.broker.1.clone()),
+        ("ELASTICIO_LISTEN_MESSAGES_ON", step.input.to_owned()),
+        ("ELASTICIO_PUBLISH_MESSAGES_TO", step.exchange.to_owned()),
         ("ELASTICIO_DATA_ROUTING_KEY", rk("message")),
         ("ELASTICIO_ERROR_ROUTING_KEY", rk("error")),
         ("ELASTICIO_REBOUND_ROUTING_KEY", rk("rebound")),
@@ -568,7 +587,7 @@ fn worker_env(
         ("ELASTICIO_MESSAGE_CRYPTO_IV", CRYPTO_IV.to_owned()),
         (
             "ELASTICIO_RABBITMQ_PREFETCH_SAILOR",
-            args.prefetch.to_string(),
+            step.prefetch.to_string(),
         ),
         // Sailor's default throttles (10 data, 2 errors, 2 snapshots per 100 ms) cap a step
         // at 100 msg/s; in Deckhand a limit of 0 disables a throttle (`config.rs`, RateLimits).
@@ -577,7 +596,7 @@ fn worker_env(
         ("ELASTICIO_SNAPSHOT_RATE_LIMIT", "0".to_owned()),
         (
             "DECKHAND_STEP_FILE",
-            step_file.to_string_lossy().into_owned(),
+            step.step_file.to_string_lossy().into_owned(),
         ),
         ("LOG_LEVEL", "info".to_owned()),
     ]
