@@ -307,6 +307,13 @@ pub trait Connector: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// How requests through [`Context::http`] that the API answers 429 or 503 are retried
+    /// (after its `Retry-After`, within the policy), or `None` (the default) to send each
+    /// request once and leave throttling to the caller.
+    fn throttle_retry(&self) -> Option<deckhand_core::retry::ThrottleRetry> {
+        None
+    }
+
     /// Checks that `credentials` work, usually with one cheap authenticated call.
     async fn verify_credentials(
         &self,

@@ -137,12 +137,12 @@ impl<C: Connector> Session<C> {
                 if let Some(field) = origin_token_field {
                     auth = auth.allow_origin_from_token_field(field);
                 }
-                let http = reqwest_middleware::ClientBuilder::new(base)
-                    .with(auth)
-                    .build();
-                (Some(manager), http)
+                (
+                    Some(manager),
+                    http_stack(base, &*connector).with(auth).build(),
+                )
             }
-            _ => (None, reqwest_middleware::ClientBuilder::new(base).build()),
+            _ => (None, http_stack(base, &*connector).build()),
         };
         let state = Arc::new(SessionKeys {
             static_credentials: Mutex::new(if manager.is_some() {
@@ -340,5 +340,18 @@ impl Emitter for DiscardEmitter {
     async fn emit(&self, event: Event) -> Result<(), EmitError> {
         tracing::debug!(event = event.name(), "event discarded");
         Ok(())
+    }
+}
+
+/// The client every request of [`Context::http`](crate::Context::http) goes through: the connector's throttling
+/// retries first, so that each retry passes the authentication added after them.
+fn http_stack<C: Connector>(
+    base: reqwest::Client,
+    connector: &C,
+) -> reqwest_middleware::ClientBuilder {
+    let builder = reqwest_middleware::ClientBuilder::new(base);
+    match connector.throttle_retry() {
+        Some(throttle) => builder.with(throttle),
+        None => builder,
     }
 }
