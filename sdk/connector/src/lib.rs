@@ -90,7 +90,7 @@ pub use event::CollectingEmitter;
 pub use event::{EmitError, Emitter, ErrorInfo, ErrorPayload, Event, HttpReply, KeysNotice};
 pub use message::{Message, message_from_json};
 pub use router::{Body, Call, Config, FromCall, Handler, HandlerFuture, Router, Snapshot};
-pub use session::{DiscardEmitter, Outcome, Session, SharedCredential, StepConfig};
+pub use session::{Outcome, Session, SharedCredential, StepConfig};
 
 /// A trigger or action a connector handles, by its component.json name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,7 +2,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
 use futures_util::FutureExt;
 use reqwest_middleware::ClientWithMiddleware;
 use serde_json::{Map, Value};
@@ -12,8 +11,8 @@ use super::context::ContextParts;
 use super::keys::SessionKeys;
 use super::router::{Call, Router, StepInputs};
 use super::{
-    AuthSetup, Connector, ConnectorError, Context, EmitError, Emitter, ErrorKind, ErrorPayload,
-    Event, Message, Verification, VerifyContext,
+    AuthSetup, Connector, ConnectorError, Context, Emitter, ErrorKind, ErrorPayload, Message,
+    Verification, VerifyContext,
 };
 use deckhand_core::auth::{
     AccountId, CredentialStore, HolderId, KeysSink, TokenManager, api_http_client,
@@ -328,18 +327,6 @@ impl<C: Connector> std::fmt::Debug for Session<C> {
             .field("router", &self.router)
             .field("credentials", &self.credentials())
             .finish()
-    }
-}
-
-/// Sends events of one message nowhere but a log line; for messages whose transport is gone.
-#[derive(Debug, Default)]
-pub struct DiscardEmitter;
-
-#[async_trait]
-impl Emitter for DiscardEmitter {
-    async fn emit(&self, event: Event) -> Result<(), EmitError> {
-        tracing::debug!(event = event.name(), "event discarded");
-        Ok(())
     }
 }
 
