@@ -53,7 +53,7 @@
 //!         dedup.finish(ticket, Settlement::Reject).await.ok(); // undecryptable: reject
 //!         continue;
 //!     };
-//!     let ctx = OutgoingContext::new(cfg.clone(), incoming, input.clone(), StepFlags::default());
+//!     let ctx = OutgoingContext::new(cfg.clone(), incoming, &input, StepFlags::default());
 //!     // Run the component; here it just echoes its input body.
 //!     let events = vec![Outgoing::Data(Message::new(input.body))];
 //!     let mut outcome = Settlement::Ack;

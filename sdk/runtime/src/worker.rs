@@ -356,7 +356,7 @@ impl AmqpKeysSink {
         let ctx = OutgoingContext::new(
             self.cfg.clone(),
             Incoming::new(BasicProperties::default(), Vec::new()),
-            Message::new(Value::Object(Map::new())),
+            &Message::new(Value::Object(Map::new())),
             self.flags.clone(),
         );
         let mut publications = ctx
@@ -1031,6 +1031,7 @@ impl<C: Connector> Job<C> {
         let incoming = ticket.take_incoming();
         let span = tracing::info_span!(
             "message",
+            function = %self.cfg.identity.function,
             messageId = incoming.message_id().unwrap_or_default(),
         );
         if ticket.delivery().redelivered {
@@ -1062,12 +1063,7 @@ impl<C: Connector> Job<C> {
             Err(e) => (Message::new(Value::Object(Map::new())), Some(e)),
         };
         let emitter = Arc::new(AmqpEmitter::new(
-            OutgoingContext::new(
-                self.cfg.clone(),
-                incoming,
-                message.clone(),
-                self.flags.clone(),
-            ),
+            OutgoingContext::new(self.cfg.clone(), incoming, &message, self.flags.clone()),
             self.publisher.clone(),
         ));
         if let Some(e) = decode_error {
@@ -1085,7 +1081,12 @@ impl<C: Connector> Job<C> {
         }
         let outcome = self
             .session
-            .process(&self.cfg.identity.function, message, emitter.clone())
+            .process_in(
+                tracing::Span::current(),
+                &self.cfg.identity.function,
+                message,
+                emitter.clone(),
+            )
             .await;
         if emitter.publish_failed.load(Ordering::SeqCst) {
             tracing::error!("a publish failed after its retries; rejecting the input message");
