@@ -1113,95 +1113,42 @@ async fn scrape_after_a_refresh() -> (String, Vec<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_endpoint_counts_messages_emits_refreshes_and_update_keys() {
     let (scrape, _) = scrape_after_a_refresh().await;
-    let labels = [("step", "step_1"), ("function", "authed")];
-    let with = |extra: &[(&'static str, &'static str)]| {
-        let mut all = labels.to_vec();
-        all.extend_from_slice(extra);
-        all
-    };
-    assert_eq!(
-        sample(&scrape, "deckhand_messages_received_total", &labels),
-        2.0
-    );
-    assert_eq!(
-        sample(
-            &scrape,
-            "deckhand_messages_emitted_total",
-            &with(&[("kind", "data")])
-        ),
-        2.0
-    );
-    assert_eq!(
-        sample(
-            &scrape,
-            "deckhand_messages_emitted_total",
-            &with(&[("kind", "error")])
-        ),
-        0.0
-    );
-    assert_eq!(
-        sample(&scrape, "deckhand_messages_failed_total", &labels),
-        0.0
-    );
-    assert_eq!(sample(&scrape, "deckhand_messages_in_flight", &labels), 0.0);
-    assert_eq!(
-        sample(
-            &scrape,
-            "deckhand_message_processing_seconds_count",
-            &labels
-        ),
-        2.0
-    );
-    // The API's 401 on A1 made the worker refresh once, successfully.
-    assert_eq!(
-        sample(
-            &scrape,
+    // name, labels besides step and function, value
+    let expected: &[(&str, &[(&str, &str)], f64)] = &[
+        ("deckhand_messages_received_total", &[], 2.0),
+        ("deckhand_messages_emitted_total", &[("kind", "data")], 2.0),
+        ("deckhand_messages_emitted_total", &[("kind", "error")], 0.0),
+        ("deckhand_messages_failed_total", &[], 0.0),
+        ("deckhand_messages_in_flight", &[], 0.0),
+        ("deckhand_message_processing_seconds_count", &[], 2.0),
+        // The API's 401 on A1 made the worker refresh once, successfully.
+        (
             "deckhand_token_refreshes_total",
-            &with(&[("reason", "rejected"), ("outcome", "refreshed")])
+            &[("reason", "rejected"), ("outcome", "refreshed")],
+            1.0,
         ),
-        1.0
-    );
-    assert_eq!(
-        sample(&scrape, "deckhand_token_requests_total", &labels),
-        1.0
-    );
-    assert_eq!(
-        sample(&scrape, "deckhand_update_keys_persisted_total", &labels),
-        1.0
-    );
-    assert_eq!(
-        sample(&scrape, "deckhand_update_keys_failed_total", &labels),
-        0.0
-    );
-    assert_eq!(
-        sample(&scrape, "deckhand_update_keys_pending", &labels),
-        0.0
-    );
-    assert_eq!(
-        sample(
-            &scrape,
+        ("deckhand_token_requests_total", &[], 1.0),
+        ("deckhand_update_keys_persisted_total", &[], 1.0),
+        ("deckhand_update_keys_failed_total", &[], 0.0),
+        ("deckhand_update_keys_pending", &[], 0.0),
+        ("deckhand_credential_state", &[("state", "active")], 1.0),
+        (
             "deckhand_credential_state",
-            &with(&[("state", "active")])
+            &[("state", "needs_reauth")],
+            0.0,
         ),
-        1.0
-    );
-    assert_eq!(
-        sample(
-            &scrape,
-            "deckhand_credential_state",
-            &with(&[("state", "needs_reauth")])
-        ),
-        0.0
-    );
-    assert_eq!(sample(&scrape, "deckhand_ready", &labels), 1.0);
-    assert_eq!(
-        sample(
-            &scrape,
+        ("deckhand_ready", &[], 1.0),
+        (
             "deckhand_amqp_reconnects_total",
-            &with(&[("connection", "read")])
+            &[("connection", "read")],
+            0.0,
         ),
-        0.0
-    );
+    ];
+    for (name, extra, value) in expected {
+        let mut labels = vec![("step", "step_1"), ("function", "authed")];
+        labels.extend_from_slice(extra);
+        assert_eq!(sample(&scrape, name, &labels), *value, "{name} {extra:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

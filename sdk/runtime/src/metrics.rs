@@ -153,30 +153,44 @@ impl WorkerMetrics {
             keys_persisted: Counter::default(),
             keys_failed: Counter::default(),
         };
-        registry.register(
-            "messages_received",
-            "Deliveries taken off the queue, redeliveries included",
-            metrics.received.clone(),
-        );
-        registry.register(
-            "messages_deduplicated",
-            "Redeliveries of a message already processed or in flight, not run again",
-            metrics.deduplicated.clone(),
-        );
+        for (name, help, counter) in [
+            (
+                "messages_received",
+                "Deliveries taken off the queue, redeliveries included",
+                &metrics.received,
+            ),
+            (
+                "messages_deduplicated",
+                "Redeliveries of a message already processed or in flight, not run again",
+                &metrics.deduplicated,
+            ),
+            (
+                "messages_failed",
+                "Input messages rejected (error emitted, undecryptable, or publish failed)",
+                &metrics.failed,
+            ),
+            (
+                "messages_rebounded",
+                "Rebounds published",
+                &metrics.rebounded,
+            ),
+            (
+                "update_keys_persisted",
+                "Rotated keys persisted",
+                &metrics.keys_persisted,
+            ),
+            (
+                "update_keys_failed",
+                "Attempts to persist rotated keys that failed",
+                &metrics.keys_failed,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         registry.register(
             "messages_emitted",
             "Events published and confirmed by the broker, by kind",
             emitted_family,
-        );
-        registry.register(
-            "messages_failed",
-            "Input messages rejected (error emitted, undecryptable, or publish failed)",
-            metrics.failed.clone(),
-        );
-        registry.register(
-            "messages_rebounded",
-            "Rebounds published",
-            metrics.rebounded.clone(),
         );
         registry.register(
             "message_processing_seconds",
@@ -187,16 +201,6 @@ impl WorkerMetrics {
             "messages_in_flight",
             "Messages being processed now",
             metrics.in_flight.clone(),
-        );
-        registry.register(
-            "update_keys_persisted",
-            "Rotated keys persisted",
-            metrics.keys_persisted.clone(),
-        );
-        registry.register(
-            "update_keys_failed",
-            "Attempts to persist rotated keys that failed",
-            metrics.keys_failed.clone(),
         );
         metrics
     }
