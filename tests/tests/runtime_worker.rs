@@ -1052,9 +1052,12 @@ async fn wait_readyz(addr: std::net::SocketAddr, want: u16) {
     }
 }
 
+/// Label pairs of a sample.
+type Labels<'a> = &'a [(&'a str, &'a str)];
+
 /// The value of the sample `name` whose labels include every one of `labels`, in an
 /// OpenMetrics text scrape.
-fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+fn sample(scrape: &str, name: &str, labels: Labels) -> f64 {
     scrape
         .lines()
         .filter(|line| {
@@ -1114,7 +1117,7 @@ async fn scrape_after_a_refresh() -> (String, Vec<String>) {
 async fn the_metrics_endpoint_counts_messages_emits_refreshes_and_update_keys() {
     let (scrape, _) = scrape_after_a_refresh().await;
     // name, labels besides step and function, value
-    let expected: &[(&str, &[(&str, &str)], f64)] = &[
+    let expected: &[(&str, Labels, f64)] = &[
         ("deckhand_messages_received_total", &[], 2.0),
         ("deckhand_messages_emitted_total", &[("kind", "data")], 2.0),
         ("deckhand_messages_emitted_total", &[("kind", "error")], 0.0),

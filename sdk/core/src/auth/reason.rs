@@ -20,7 +20,7 @@ pub enum RefreshReason {
 }
 
 impl RefreshReason {
-    /// Every reason's [`label`](Self::label), in the order of [`index`](Self::index).
+    /// Every reason's [`label`](Self::label), in the order of the variants.
     pub const LABELS: [&'static str; 7] = [
         "initial",
         "per_call",
