@@ -1224,3 +1224,47 @@ async fn readyz_is_503_while_the_broker_connection_is_closed_and_200_after_the_r
     worker.await.unwrap();
     h.topo.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_a_stopping_worker_drains() {
+    // `gather` waits (up to 10 s) for a second message that never comes: one stays in flight.
+    let h = Harness::new(
+        "gather",
+        step(json!({})),
+        &[("DECKHAND_METRICS_ADDR", "127.0.0.1:0")],
+    )
+    .await;
+    let (addr, stop, worker) = h.start_observed(2).await;
+    let addr = addr.expect("metrics served");
+    wait_readyz(addr, 200).await;
+    h.send("d-1", json!({}), &[]).await;
+    let labels = [("step", "step_1"), ("function", "gather")];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sample(
+        &http_get(addr, "/metrics").await.1,
+        "deckhand_messages_in_flight",
+        &labels,
+    ) < 1.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the message never got in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    wait_readyz(addr, 503).await;
+    let (_, scrape) = http_get(addr, "/metrics").await;
+    assert_eq!(
+        sample(&scrape, "deckhand_messages_in_flight", &labels),
+        1.0,
+        "still draining"
+    );
+    assert_eq!(
+        http_get(addr, "/healthz").await.0,
+        200,
+        "alive while draining"
+    );
+    worker.await.unwrap();
+    h.topo.cleanup().await;
+}
