@@ -624,7 +624,11 @@ pub struct OutgoingContext {
     /// `incoming` again instead.
     passthrough_input: Option<Message>,
     flags: StepFlags,
-    base: FieldTable,
+    start_ms: i64,
+    /// The outgoing `messageId` of non-data events.
+    message_id: String,
+    /// Fixed here: it may be a fresh id, and every event of the input carries the same one.
+    thread_id: AMQPValue,
 }
 
 impl OutgoingContext {
@@ -654,20 +658,28 @@ impl OutgoingContext {
         start_ms: i64,
         message_id: String,
     ) -> Self {
-        let base = base_headers(&cfg, incoming.headers(), start_ms, message_id);
         Self {
             passthrough_input: flags.is_passthrough.then(|| input.clone()),
+            thread_id: thread_id_of(incoming.headers()),
             cfg,
             incoming,
             flags,
-            base,
+            start_ms,
+            message_id,
         }
     }
 
-    /// The headers every event starts from (reference §3.5).
-    #[cfg(test)]
-    fn base_headers(&self) -> &FieldTable {
-        &self.base
+    /// The headers every event starts from (reference §3.5), built for each publication: a
+    /// publication owns its headers, and building them costs no more than copying a prepared
+    /// table (most inputs have a single event).
+    fn base_headers(&self) -> FieldTable {
+        base_headers(
+            &self.cfg,
+            self.incoming.headers(),
+            self.start_ms,
+            &self.message_id,
+            &self.thread_id,
+        )
     }
 
     /// The input as received.
@@ -677,17 +689,22 @@ impl OutgoingContext {
 
     /// The thread id (for logging).
     pub fn thread_id(&self) -> Option<String> {
-        header_string(&self.base, header::THREAD_ID)
+        amqp_str(&self.thread_id)
     }
 
     /// The outgoing `messageId` shared by this input's non-data events.
     pub fn message_id(&self) -> Option<String> {
-        header_string(&self.base, header::MESSAGE_ID)
+        Some(self.message_id.clone())
     }
 
     /// The incoming `messageId` (= outgoing `parentMessageId`).
     pub fn parent_message_id(&self) -> Option<String> {
-        header_string(&self.base, header::PARENT_MESSAGE_ID)
+        self.incoming
+            .headers()
+            .inner()
+            .get(header::MESSAGE_ID)
+            .filter(|v| truthy(v))
+            .and_then(amqp_str)
     }
 
     /// The publications for `event`, timestamped now.
@@ -722,7 +739,7 @@ impl OutgoingContext {
 
     fn data(&self, mut message: Message, now_ms: i64) -> Result<Publication, ProtocolError> {
         let cfg = &self.cfg;
-        let mut headers = self.base.clone();
+        let mut headers = self.base_headers();
         // Deviation: a fresh id instead of the per-input one (see module docs).
         let message_id = message
             .id
@@ -810,7 +827,7 @@ impl OutgoingContext {
         end: Option<i64>,
     ) -> Result<Vec<Publication>, ProtocolError> {
         let cfg = &self.cfg;
-        let mut headers = self.base.clone();
+        let mut headers = self.base_headers();
         if let Some(end) = end {
             set(&mut headers, header::END, js_number(end));
         }
@@ -970,7 +987,7 @@ impl OutgoingContext {
     /// Snapshots are plain JSON, not encrypted, with `snapshotEvent`; no `end`.
     fn snapshot(&self, snapshot: &Value, event: &str) -> Publication {
         let cfg = &self.cfg;
-        let mut headers = self.base.clone();
+        let mut headers = self.base_headers();
         set(&mut headers, header::SNAPSHOT_EVENT, js_string(event));
         Publication {
             kind: PublicationKind::Snapshot,
@@ -997,7 +1014,7 @@ impl OutgoingContext {
             .clone()
             .filter(|a| !a.is_empty())
             .ok_or(ProtocolError::NoAccount)?;
-        let mut headers = self.base.clone();
+        let mut headers = self.base_headers();
         set(&mut headers, header::END, js_number(now_ms));
         set(
             &mut headers,
@@ -1030,14 +1047,14 @@ impl OutgoingContext {
     /// header `protocolVersion: 1`, no `end`.
     fn http_reply(&self, mut reply: HttpReply) -> Result<Publication, ProtocolError> {
         let cfg = &self.cfg;
-        let routing_key = header_string(&self.base, header::REPLY_TO)
+        let mut headers = self.base_headers();
+        let routing_key = header_string(&headers, header::REPLY_TO)
             .filter(|s| !s.is_empty())
             .ok_or(ProtocolError::NoReplyTo)?;
         short(&routing_key)?;
         reply
             .headers
             .retain(|k, _| !k.eq_ignore_ascii_case(header::ROUTING_KEY_OVERRIDE));
-        let mut headers = self.base.clone();
         set(&mut headers, header::PROTOCOL_VERSION, js_number(1));
         let body = cfg.cipher.encrypt_json(&reply, ProtocolVersion::V1);
         self.check_size(&body)?;
@@ -1121,26 +1138,15 @@ fn base_headers(
     cfg: &RuntimeConfig,
     incoming: &FieldTable,
     start_ms: i64,
-    message_id: String,
+    message_id: &str,
+    thread_id: &AMQPValue,
 ) -> FieldTable {
     let mut headers = FieldTable::default();
-    let mut trace_id = None;
     for (key, value) in incoming {
-        // Checked before lowercasing: most headers are not meta headers, and this runs for
-        // every message.
-        let prefix = key
-            .as_str()
-            .as_bytes()
-            .get(..header::META_PREFIX.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(header::META_PREFIX.as_bytes()));
-        if !prefix {
+        if !is_meta_header(key) {
             continue;
         }
-        let lower = key.as_str().to_lowercase();
-        if lower == header::META_TRACE_ID {
-            trace_id = Some(value.clone());
-        }
-        if let Ok(name) = ShortString::try_new(lower) {
+        if let Ok(name) = ShortString::try_new(key.as_str().to_lowercase()) {
             headers.insert(name, value.clone());
         }
     }
@@ -1159,18 +1165,41 @@ fn base_headers(
     {
         set(&mut headers, header::PARENT_MESSAGE_ID, parent.clone());
     }
-    let thread_id = incoming
-        .inner()
-        .get(header::THREAD_ID)
-        .filter(|v| truthy(v))
-        .cloned()
-        .or(trace_id.filter(truthy))
-        .unwrap_or_else(|| js_string(Uuid::new_v4().to_string()));
-    set(&mut headers, header::THREAD_ID, thread_id);
+    set(&mut headers, header::THREAD_ID, thread_id.clone());
     set(&mut headers, header::MESSAGE_ID, js_string(message_id));
     identity_headers(cfg, &mut headers);
     set(&mut headers, header::START, js_number(start_ms));
     headers
+}
+
+/// `x-eio-meta-*` in any case. Checked before lowercasing: most headers are not meta headers,
+/// and this runs for every header of every publication.
+fn is_meta_header(key: &ShortString) -> bool {
+    key.as_str()
+        .as_bytes()
+        .get(..header::META_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(header::META_PREFIX.as_bytes()))
+}
+
+/// The input's `threadId`, else its meta trace id, else a fresh id (Node's precedence).
+fn thread_id_of(incoming: &FieldTable) -> AMQPValue {
+    let trace_id = || {
+        // The last one in key order, as the header the base headers keep.
+        incoming
+            .into_iter()
+            .rev()
+            .find(|(key, _)| {
+                is_meta_header(key) && key.as_str().eq_ignore_ascii_case(header::META_TRACE_ID)
+            })
+            .map(|(_, value)| value)
+    };
+    incoming
+        .inner()
+        .get(header::THREAD_ID)
+        .filter(|v| truthy(v))
+        .or_else(|| trace_id().filter(|v| truthy(v)))
+        .cloned()
+        .unwrap_or_else(|| js_string(Uuid::new_v4().to_string()))
 }
 
 #[cfg(test)]
@@ -1277,7 +1306,7 @@ mod tests {
             "x-eio-meta-trace-id",
         ];
         expected.sort_unstable();
-        assert_eq!(keys(h), expected);
+        assert_eq!(keys(&h), expected);
         let get = |k: &str| h.inner().get(k).unwrap().clone();
         assert_eq!(get("messageId"), s(OUT_ID));
         assert_eq!(get("parentMessageId"), s("in-1"));
@@ -1332,7 +1361,8 @@ mod tests {
         .into_iter()
         .fold(base_env(), |env, (k, v)| with(env, k, v));
         let c = ctx_with(cfg_from(env), default_headers(), StepFlags::default());
-        let h = c.base_headers().inner();
+        let table = c.base_headers();
+        let h = table.inner();
         assert_eq!(h.get("tenantId"), Some(&s("tenant-1")));
         assert_eq!(h.get("stepId"), Some(&s("step_1")));
         // As in Node, additional vars are spread after the incoming headers.
