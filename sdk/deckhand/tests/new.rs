@@ -1,0 +1,258 @@
+//! `deckhand new`: what it generates for every credential kind passes `deckhand validate`, and
+//! builds, tests, lints and formats cleanly against this workspace's SDK exactly as generated.
+//!
+//! The cargo runs use their own target directory, `target/scaffold-check` (the outer
+//! `cargo test` may hold the workspace's build lock, and the generated crates resolve features
+//! on their own, so they could not share artifacts anyway); it is kept between runs, so only the
+//! first run compiles the SDK's dependencies. Each generated crate gets the workspace's
+//! Cargo.lock and cargo runs `--offline`: the same versions as the workspace, nothing resolved
+//! or downloaded.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Instant;
+
+use serde_json::Value;
+
+const KINDS: [&str; 4] = ["none", "api-key", "oauth2-refresh", "client-credentials"];
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn deckhand(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_deckhand"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run deckhand")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `deckhand new NAME --auth KIND` in `parent`; the crate's directory.
+fn generate(parent: &Path, name: &str, kind: &str) -> PathBuf {
+    let output = deckhand(&["new", name, "--auth", kind], parent);
+    assert!(
+        output.status.success(),
+        "deckhand new {name} --auth {kind}: {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    parent.join(name)
+}
+
+#[test]
+fn every_kind_generates_a_crate_that_validates_without_warnings() {
+    let parent = tempfile::tempdir().unwrap();
+    for kind in KINDS {
+        let name = format!("acme-{kind}");
+        let dir = generate(parent.path(), &name, kind);
+        for file in [
+            "Cargo.toml",
+            ".gitignore",
+            "component.json",
+            "README.md",
+            "src/main.rs",
+            "src/tests.rs",
+        ] {
+            let content = std::fs::read_to_string(dir.join(file))
+                .unwrap_or_else(|e| panic!("{kind}: {file}: {e}"));
+            // Every placeholder of ours was filled (component.json's OAuth2 section keeps the
+            // platform's own `{{clientId}}`-style ones).
+            for placeholder in ["{{name}}", "{{title}}", "{{sdk_path}}", "{{credentials"] {
+                assert!(!content.contains(placeholder), "{kind}: {file}: {content}");
+            }
+        }
+
+        let output = deckhand(
+            &["validate", "--deny-warnings", dir.to_str().unwrap()],
+            parent.path(),
+        );
+        assert!(
+            output.status.success(),
+            "{kind}: deckhand validate: {}{}",
+            text(&output.stdout),
+            text(&output.stderr)
+        );
+
+        let component: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("component.json")).unwrap())
+                .unwrap();
+        assert_eq!(component["title"], format!("Acme {}", kind.replace('-', " ")));
+        let fields = component["credentials"]["fields"].as_object().unwrap();
+        let views: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(name, field)| (name.as_str(), field["viewClass"].as_str().unwrap()))
+            .collect();
+        let expected: &[(&str, &str)] = match kind {
+            "none" => &[("apiBase", "TextFieldView")],
+            "api-key" => &[
+                ("apiBase", "TextFieldView"),
+                ("apiKey", "PasswordFieldView"),
+            ],
+            "oauth2-refresh" => &[
+                ("apiBase", "TextFieldView"),
+                ("tokenUrl", "TextFieldView"),
+                ("clientId", "TextFieldView"),
+                ("clientSecret", "PasswordFieldView"),
+                ("oauth", "OAuthFieldView"),
+            ],
+            _ => &[
+                ("apiBase", "TextFieldView"),
+                ("tokenUrl", "TextFieldView"),
+                ("clientId", "TextFieldView"),
+                ("clientSecret", "PasswordFieldView"),
+                ("scope", "TextFieldView"),
+            ],
+        };
+        assert_eq!(views, expected, "{kind}");
+        // Only a sign-in needs the platform's OAuth2 app.
+        assert_eq!(
+            component["credentials"].get("oauth2").is_some(),
+            kind == "oauth2-refresh",
+            "{kind}"
+        );
+
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        assert!(
+            manifest.contains(&format!("name = \"{name}\"")),
+            "{manifest}"
+        );
+        let sdk = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR")).unwrap();
+        assert!(
+            manifest.contains(&format!("path = \"{}\"", sdk.display())),
+            "{manifest}"
+        );
+    }
+}
+
+#[test]
+fn an_existing_directory_with_files_is_never_overwritten() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("acme");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+
+    let output = deckhand(&["new", "acme"], parent.path());
+
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("already exists and is not empty"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("notes.txt")).unwrap(),
+        "mine"
+    );
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+
+    // An empty directory is fine, and --path names it.
+    let empty = parent.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let output = deckhand(
+        &["new", "acme", "--path", empty.to_str().unwrap()],
+        parent.path(),
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(empty.join("src/main.rs").is_file());
+}
+
+#[test]
+fn invalid_names_and_sdk_paths_are_refused_with_the_reason() {
+    let parent = tempfile::tempdir().unwrap();
+    for (args, expected) in [
+        (&["new", "2fa"][..], "`2fa` is not a valid crate name"),
+        (&["new", "my connector"][..], "` ` is not allowed"),
+        (
+            &["new", "deckhand"][..],
+            "dependency of the generated crate",
+        ),
+        (
+            &["new", "acme", "--sdk-path", "/nonexistent"][..],
+            "/nonexistent is not the Deckhand SDK",
+        ),
+        (
+            &["new", "acme", "--auth", "basic"][..],
+            "invalid value 'basic'",
+        ),
+    ] {
+        let output = deckhand(args, parent.path());
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    assert_eq!(
+        std::fs::read_dir(parent.path()).unwrap().count(),
+        0,
+        "nothing was written"
+    );
+}
+
+/// Runs `cargo ARGS` in `dir` with the shared target directory; panics with cargo's output
+/// when it fails. Returns the seconds it took.
+fn cargo(dir: &Path, args: &[&str]) -> f64 {
+    let started = Instant::now();
+    let output = Command::new("cargo")
+        .args(args)
+        .current_dir(dir)
+        .env(
+            "CARGO_TARGET_DIR",
+            workspace().join("target/scaffold-check"),
+        )
+        .env("CARGO_INCREMENTAL", "0")
+        // The workspace's own setting (root Cargo.toml): a smaller, faster test build.
+        .env("CARGO_PROFILE_DEV_DEBUG", "line-tables-only")
+        .output()
+        .expect("run cargo");
+    assert!(
+        output.status.success(),
+        "`cargo {}` failed in {} ({}):\nstderr:\n{}\nstdout:\n{}",
+        args.join(" "),
+        dir.display(),
+        output.status,
+        text(&output.stderr),
+        text(&output.stdout)
+    );
+    started.elapsed().as_secs_f64()
+}
+
+#[test]
+fn generated_crates_pass_cargo_test_clippy_and_fmt_against_the_workspace_sdk() {
+    let parent = tempfile::tempdir().unwrap();
+    let lock = workspace().join("Cargo.lock");
+    for kind in KINDS {
+        let dir = generate(parent.path(), &format!("acme-{kind}"), kind);
+        std::fs::copy(&lock, dir.join("Cargo.lock")).unwrap();
+        let times = [
+            ("fmt", cargo(&dir, &["fmt", "--check"])),
+            (
+                "clippy",
+                cargo(
+                    &dir,
+                    &[
+                        "clippy",
+                        "--offline",
+                        "--all-targets",
+                        "--",
+                        "-D",
+                        "warnings",
+                    ],
+                ),
+            ),
+            // The generated tests include the router's cross-check against component.json.
+            ("test", cargo(&dir, &["test", "--offline"])),
+        ];
+        eprintln!("{kind}: {times:?} (seconds)");
+        if kind == "oauth2-refresh" {
+            // The binary itself, once: without the dev-dependencies' `testing` feature the SDK
+            // crates are built a second time, so not for every kind.
+            let validate = cargo(&dir, &["run", "--offline", "--", "validate"]);
+            eprintln!("{kind}: cargo run -- validate {validate:.1} s");
+        }
+    }
+}
