@@ -1,15 +1,13 @@
 //! `deckhand new`: what it generates for every credential kind passes `deckhand validate`, and
 //! builds, tests, lints and formats cleanly against this workspace's SDK exactly as generated.
 //!
-//! The cargo runs use their own target directory, `target/scaffold-check` (the outer
-//! `cargo test` may hold the workspace's build lock, and the generated crates resolve features
-//! on their own, so they could not share artifacts anyway); it is kept between runs, so only the
-//! first run compiles the SDK's dependencies. Each generated crate gets the workspace's
-//! Cargo.lock and cargo runs `--offline`: the same versions as the workspace, nothing resolved
-//! or downloaded.
+//! The cargo runs share the workspace's target directory (see [`Builds`]). Each generated crate
+//! gets the workspace's Cargo.lock and cargo runs `--offline`: the same versions as the
+//! workspace, nothing resolved or downloaded.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
 use serde_json::Value;
@@ -82,7 +80,10 @@ fn every_kind_generates_a_crate_that_validates_without_warnings() {
         let component: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("component.json")).unwrap())
                 .unwrap();
-        assert_eq!(component["title"], format!("Acme {}", kind.replace('-', " ")));
+        assert_eq!(
+            component["title"],
+            format!("Acme {}", kind.replace('-', " "))
+        );
         let fields = component["credentials"]["fields"].as_object().unwrap();
         let views: Vec<(&str, &str)> = fields
             .iter()
@@ -193,46 +194,119 @@ fn invalid_names_and_sdk_paths_are_refused_with_the_reason() {
     );
 }
 
-/// Runs `cargo ARGS` in `dir` with the shared target directory; panics with cargo's output
-/// when it fails. Returns the seconds it took.
-fn cargo(dir: &Path, args: &[&str]) -> f64 {
+/// Where the generated crates are built.
+///
+/// First the workspace's own target directory: the generated crates then reuse the workspace's
+/// build of every third-party dependency (the `debug` setting of the root Cargo.toml is passed
+/// along so that the builds match), and only the SDK's crates and the generated crate are
+/// compiled — about a minute, where a target directory of their own costs a complete build of
+/// the dependency tree. Cargo releases the directory's lock once the outer `cargo test` has
+/// built the tests; should a cargo keep it while tests run (or another build hold it), the
+/// nested cargo says it is blocked, and the runs move to `target/scaffold-check`, kept between
+/// runs.
+struct Builds {
+    target: PathBuf,
+    fallback: Option<PathBuf>,
+}
+
+impl Builds {
+    fn new() -> Self {
+        // `<target>/debug/deckhand`: the target directory this test was built in.
+        let target = Path::new(env!("CARGO_BIN_EXE_deckhand"))
+            .ancestors()
+            .nth(2)
+            .expect("the deckhand binary is in <target>/<profile>/")
+            .to_path_buf();
+        let fallback = Some(target.join("scaffold-check"));
+        Self { target, fallback }
+    }
+
+    /// Runs `cargo ARGS` in `dir`; panics with cargo's output when it fails. Returns the
+    /// seconds it took.
+    fn cargo(&mut self, dir: &Path, args: &[&str]) -> f64 {
+        loop {
+            match run_cargo(dir, &self.target, args) {
+                Some(seconds) => return seconds,
+                None => {
+                    let fallback = self.fallback.take().unwrap_or_else(|| {
+                        panic!(
+                            "`cargo {}` is blocked on {}",
+                            args.join(" "),
+                            self.target.display()
+                        )
+                    });
+                    eprintln!(
+                        "{} is locked; building in {} instead",
+                        self.target.display(),
+                        fallback.display()
+                    );
+                    self.target = fallback;
+                }
+            }
+        }
+    }
+}
+
+/// `cargo ARGS` in `dir` with `target` as its target directory: `Some(seconds)` when it
+/// succeeded, `None` when it was blocked waiting for the directory's lock (and was stopped).
+fn run_cargo(dir: &Path, target: &Path, args: &[&str]) -> Option<f64> {
     let started = Instant::now();
-    let output = Command::new("cargo")
+    let mut child = Command::new("cargo")
         .args(args)
         .current_dir(dir)
-        .env(
-            "CARGO_TARGET_DIR",
-            workspace().join("target/scaffold-check"),
-        )
+        .env("CARGO_TARGET_DIR", target)
         .env("CARGO_INCREMENTAL", "0")
-        // The workspace's own setting (root Cargo.toml): a smaller, faster test build.
+        // The workspace's own setting (root Cargo.toml), so that its artifacts are reused.
         .env("CARGO_PROFILE_DEV_DEBUG", "line-tables-only")
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run cargo");
+    let mut stdout = child.stdout.take().expect("piped");
+    let stdout = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let mut stderr = String::new();
+    let mut blocked = false;
+    for line in BufReader::new(child.stderr.take().expect("piped")).lines() {
+        let line = line.unwrap_or_default();
+        if line.contains("Blocking waiting for file lock") && !line.contains("package cache") {
+            blocked = true;
+            let _ = child.kill();
+            break;
+        }
+        stderr.push_str(&line);
+        stderr.push('\n');
+    }
+    let status = child.wait().expect("wait for cargo");
+    let stdout = stdout.join().unwrap_or_default();
+    if blocked {
+        return None;
+    }
     assert!(
-        output.status.success(),
-        "`cargo {}` failed in {} ({}):\nstderr:\n{}\nstdout:\n{}",
+        status.success(),
+        "`cargo {}` failed in {} ({status}):\nstderr:\n{stderr}\nstdout:\n{stdout}",
         args.join(" "),
         dir.display(),
-        output.status,
-        text(&output.stderr),
-        text(&output.stdout)
     );
-    started.elapsed().as_secs_f64()
+    Some(started.elapsed().as_secs_f64())
 }
 
 #[test]
 fn generated_crates_pass_cargo_test_clippy_and_fmt_against_the_workspace_sdk() {
     let parent = tempfile::tempdir().unwrap();
     let lock = workspace().join("Cargo.lock");
+    let mut builds = Builds::new();
     for kind in KINDS {
         let dir = generate(parent.path(), &format!("acme-{kind}"), kind);
         std::fs::copy(&lock, dir.join("Cargo.lock")).unwrap();
         let times = [
-            ("fmt", cargo(&dir, &["fmt", "--check"])),
+            ("fmt", builds.cargo(&dir, &["fmt", "--check"])),
             (
                 "clippy",
-                cargo(
+                builds.cargo(
                     &dir,
                     &[
                         "clippy",
@@ -245,13 +319,13 @@ fn generated_crates_pass_cargo_test_clippy_and_fmt_against_the_workspace_sdk() {
                 ),
             ),
             // The generated tests include the router's cross-check against component.json.
-            ("test", cargo(&dir, &["test", "--offline"])),
+            ("test", builds.cargo(&dir, &["test", "--offline"])),
         ];
-        eprintln!("{kind}: {times:?} (seconds)");
+        eprintln!("{kind}: {times:.1?} (seconds)");
         if kind == "oauth2-refresh" {
             // The binary itself, once: without the dev-dependencies' `testing` feature the SDK
             // crates are built a second time, so not for every kind.
-            let validate = cargo(&dir, &["run", "--offline", "--", "validate"]);
+            let validate = builds.cargo(&dir, &["run", "--offline", "--", "validate"]);
             eprintln!("{kind}: cargo run -- validate {validate:.1} s");
         }
     }
