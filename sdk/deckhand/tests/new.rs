@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Instant;
 
 use serde_json::Value;
@@ -251,7 +251,8 @@ impl Builds {
 /// succeeded, `None` when it was blocked waiting for the directory's lock (and was stopped).
 fn run_cargo(dir: &Path, target: &Path, args: &[&str]) -> Option<f64> {
     let started = Instant::now();
-    let mut child = Command::new("cargo")
+    let mut command = Command::new("cargo");
+    command
         .args(args)
         .current_dir(dir)
         .env("CARGO_TARGET_DIR", target)
@@ -259,9 +260,12 @@ fn run_cargo(dir: &Path, target: &Path, args: &[&str]) -> Option<f64> {
         // The workspace's own setting (root Cargo.toml), so that its artifacts are reused.
         .env("CARGO_PROFILE_DEV_DEBUG", "line-tables-only")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run cargo");
+        .stderr(Stdio::piped());
+    // A group of its own, so that stopping it stops what it started too (rustup's proxy
+    // starts the real cargo).
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut child = command.spawn().expect("run cargo");
     let mut stdout = child.stdout.take().expect("piped");
     let stdout = std::thread::spawn(move || {
         let mut text = String::new();
@@ -274,17 +278,17 @@ fn run_cargo(dir: &Path, target: &Path, args: &[&str]) -> Option<f64> {
         let line = line.unwrap_or_default();
         if line.contains("Blocking waiting for file lock") && !line.contains("package cache") {
             blocked = true;
-            let _ = child.kill();
+            stop(&mut child);
             break;
         }
         stderr.push_str(&line);
         stderr.push('\n');
     }
     let status = child.wait().expect("wait for cargo");
-    let stdout = stdout.join().unwrap_or_default();
     if blocked {
         return None;
     }
+    let stdout = stdout.join().unwrap_or_default();
     assert!(
         status.success(),
         "`cargo {}` failed in {} ({status}):\nstderr:\n{stderr}\nstdout:\n{stdout}",
@@ -292,6 +296,15 @@ fn run_cargo(dir: &Path, target: &Path, args: &[&str]) -> Option<f64> {
         dir.display(),
     );
     Some(started.elapsed().as_secs_f64())
+}
+
+/// Stops `child` and, on Unix, its process group.
+fn stop(child: &mut Child) {
+    #[cfg(unix)]
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status();
+    let _ = child.kill();
 }
 
 #[test]
