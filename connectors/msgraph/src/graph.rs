@@ -1,15 +1,15 @@
-//! A thin Microsoft Graph client over the step's authenticated HTTP client: bounded retries on
-//! throttling (429/503 with `Retry-After`), Graph errors mapped to connector errors, and
-//! `@odata.nextLink` paging.
+//! A thin Microsoft Graph client over the step's authenticated HTTP client: Graph errors mapped
+//! to connector errors, and `@odata.nextLink` paging.
 //!
-//! Authentication is not done here: `Context::http()` already adds the access token (only for
-//! the Graph origin) and refreshes it before it expires or once after a 401.
+//! Authentication and throttling are not done here: `Context::http()` already adds the access
+//! token (only for the Graph origin), refreshes it before it expires or once after a 401, and
+//! retries requests Graph throttles.
 
 use std::fmt;
 use std::time::Duration;
 
 use deckhand::connector::{ConnectorError, ErrorKind};
-use deckhand::retry::{Backoff, Policy, retry_after};
+use deckhand::retry::retry_after;
 use reqwest::header::RETRY_AFTER;
 use reqwest::{Method, Response, StatusCode};
 use reqwest_middleware::ClientWithMiddleware;
@@ -21,51 +21,16 @@ use url::Url;
 /// connection would otherwise hold the message forever.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// How throttled requests (HTTP 429 or 503) are retried.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Throttling {
-    /// Retries after the first attempt. Default 3.
-    pub max_retries: u32,
-    /// The longest wait before a retry, whatever `Retry-After` asks for. Default 30 s.
-    pub max_wait: Duration,
-    /// The wait before the first retry when the answer has no `Retry-After`; doubled for each
-    /// further retry (and capped by `max_wait`). Default 1 s.
-    pub default_wait: Duration,
-}
-
-impl Default for Throttling {
-    fn default() -> Self {
-        Self {
-            max_retries: 3,
-            max_wait: Duration::from_secs(30),
-            default_wait: Duration::from_secs(1),
-        }
-    }
-}
-
-impl Throttling {
-    /// The policy as run: `Retry-After` (capped), else doubling from `default_wait`.
-    fn policy(&self) -> Policy {
-        Policy::new(Backoff::exponential(self.default_wait).with_cap(self.max_wait))
-            .with_max_attempts(self.max_retries.saturating_add(1))
-    }
-}
-
 /// Microsoft Graph for one function call.
 pub(crate) struct Graph {
     http: ClientWithMiddleware,
     base: Url,
-    throttling: Throttling,
 }
 
 impl Graph {
     /// Graph at `base` (`{graphUrl}/v1.0`) through `http`.
-    pub(crate) fn new(http: ClientWithMiddleware, base: Url, throttling: Throttling) -> Self {
-        Self {
-            http,
-            base,
-            throttling,
-        }
+    pub(crate) fn new(http: ClientWithMiddleware, base: Url) -> Self {
+        Self { http, base }
     }
 
     /// The URL of a resource, each segment percent-encoded: `url(&["users", "a#EXT#@b"])`.
@@ -114,45 +79,22 @@ impl Graph {
         }
     }
 
-    /// Sends a request, again after a wait while Graph answers 429 or 503 (at most
-    /// `max_retries` times). Returns the last response, whatever its status.
+    /// Sends a request. `http` retries it while Graph answers 429 or 503 (see
+    /// `MsGraph::throttle_retry`) and returns the last response, whatever its status.
     async fn send(
         &self,
         method: Method,
         url: &Url,
         body: Option<&Value>,
     ) -> Result<Response, ConnectorError> {
-        let mut schedule = self.throttling.policy().attempts();
-        loop {
-            let mut request = self
-                .http
-                .request(method.clone(), url.clone())
-                .timeout(REQUEST_TIMEOUT);
-            if let Some(body) = body {
-                request = request.json(body);
-            }
-            let response = request.send().await?;
-            let status = response.status();
-            let throttled = status == StatusCode::TOO_MANY_REQUESTS
-                || status == StatusCode::SERVICE_UNAVAILABLE;
-            if !throttled {
-                return Ok(response);
-            }
-            let retry_after = response.headers().get(RETRY_AFTER).and_then(retry_after);
-            let Some(wait) = schedule.next_delay(retry_after) else {
-                return Ok(response);
-            };
-            let retry = schedule.failures();
-            tracing::warn!(
-                status = status.as_u16(),
-                %method,
-                path = url.path(),
-                retry,
-                wait_ms = wait.as_millis() as u64,
-                "Microsoft Graph is throttling; waiting before retrying"
-            );
-            tokio::time::sleep(wait).await;
+        let mut request = self
+            .http
+            .request(method, url.clone())
+            .timeout(REQUEST_TIMEOUT);
+        if let Some(body) = body {
+            request = request.json(body);
         }
+        Ok(request.send().await?)
     }
 }
 
@@ -294,41 +236,3 @@ impl fmt::Display for HttpFailure {
 }
 
 impl std::error::Error for HttpFailure {}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn waits_are_bounded() {
-        let t = Throttling {
-            max_retries: 3,
-            max_wait: Duration::from_secs(30),
-            default_wait: Duration::from_secs(1),
-        };
-        let wait = |retry, retry_after| t.policy().pause(retry, Duration::ZERO, retry_after);
-        assert_eq!(
-            wait(1, Some(Duration::from_secs(5))),
-            Some(Duration::from_secs(5))
-        );
-        assert_eq!(
-            wait(1, Some(Duration::from_secs(300))),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(wait(1, None), Some(Duration::from_secs(1)));
-        assert_eq!(wait(3, None), Some(Duration::from_secs(4)));
-        assert_eq!(
-            wait(4, None),
-            None,
-            "three retries, then the last answer stands"
-        );
-        let many = Throttling {
-            max_retries: 20,
-            ..t
-        };
-        assert_eq!(
-            many.policy().pause(9, Duration::ZERO, None),
-            Some(Duration::from_secs(30))
-        );
-    }
-}

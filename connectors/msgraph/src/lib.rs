@@ -60,10 +60,10 @@ use deckhand::connector::{
     VerifyContext,
 };
 use deckhand::credentials::Credentials;
+use deckhand::retry::{Backoff, Policy, ThrottleRetry};
 use reqwest::{Method, StatusCode};
 
 use graph::Graph;
-pub use graph::Throttling;
 use settings::AppClient;
 pub use settings::{
     AuthMode, CLIENT_ID_ENV, CLIENT_SECRET_ENV, DEFAULT_AUTHORITY_URL, DEFAULT_GRAPH_URL, Settings,
@@ -73,20 +73,26 @@ pub use settings::{
 /// it at half the token's lifetime, so short-lived tokens are not refreshed on every call.
 pub const REFRESH_SKEW: Duration = Duration::from_secs(5 * 60);
 
+/// How requests Graph throttles (429, 503) are retried by default: 3 times, after Graph's
+/// `Retry-After` (at most 30 s) or else 1 s, 2 s, 4 s; then the answer becomes an error.
+pub const THROTTLING: Policy =
+    Policy::new(Backoff::exponential(Duration::from_secs(1)).with_cap(Duration::from_secs(30)))
+        .with_max_attempts(4);
+
 /// The Microsoft Graph connector.
 ///
 /// [`MsGraph::default`] reads the fallback OAuth2 app from [`CLIENT_ID_ENV`] and
-/// [`CLIENT_SECRET_ENV`] and retries throttled requests with [`Throttling::default`].
+/// [`CLIENT_SECRET_ENV`] and retries throttled requests as [`THROTTLING`] says.
 #[derive(Clone, Debug)]
 pub struct MsGraph {
-    throttling: Throttling,
+    throttling: Policy,
     default_client: Option<AppClient>,
 }
 
 impl Default for MsGraph {
     fn default() -> Self {
         Self {
-            throttling: Throttling::default(),
+            throttling: THROTTLING,
             default_client: AppClient::from_env(),
         }
     }
@@ -94,7 +100,7 @@ impl Default for MsGraph {
 
 impl MsGraph {
     /// Sets how throttled requests (429, 503) are retried.
-    pub fn with_throttling(mut self, throttling: Throttling) -> Self {
+    pub fn with_throttling(mut self, throttling: Policy) -> Self {
         self.throttling = throttling;
         self
     }
@@ -111,7 +117,7 @@ impl MsGraph {
 
     /// Microsoft Graph as `settings` locate it, through `http` (the step's authenticated client).
     fn graph(&self, http: &reqwest_middleware::ClientWithMiddleware, settings: &Settings) -> Graph {
-        Graph::new(http.clone(), settings.api_base(), self.throttling)
+        Graph::new(http.clone(), settings.api_base())
     }
 }
 
@@ -131,6 +137,10 @@ impl Connector for MsGraph {
             .action("listUsers", users::list_users)
             .action("getUser", users::get_user)
             .action("sendMail", mail::send_mail)
+    }
+
+    fn throttle_retry(&self) -> Option<ThrottleRetry> {
+        Some(ThrottleRetry::new(self.throttling))
     }
 
     fn auth(&self, credentials: &Credentials) -> Result<Option<AuthSetup>, ConnectorError> {

@@ -90,7 +90,7 @@ pub use event::CollectingEmitter;
 pub use event::{EmitError, Emitter, ErrorInfo, ErrorPayload, Event, HttpReply, KeysNotice};
 pub use message::{Message, message_from_json};
 pub use router::{Body, Call, Config, FromCall, Handler, HandlerFuture, Router, Snapshot};
-pub use session::{DiscardEmitter, Outcome, Session, SharedCredential, StepConfig};
+pub use session::{Outcome, Session, SharedCredential, StepConfig};
 
 /// A trigger or action a connector handles, by its component.json name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -305,6 +305,13 @@ pub trait Connector: Send + Sync + 'static {
     fn auth(&self, credentials: &Credentials) -> Result<Option<AuthSetup>, ConnectorError> {
         let _ = credentials;
         Ok(None)
+    }
+
+    /// How requests through [`Context::http`] that the API answers 429 or 503 are retried
+    /// (after its `Retry-After`, within the policy), or `None` (the default) to send each
+    /// request once and leave throttling to the caller.
+    fn throttle_retry(&self) -> Option<deckhand_core::retry::ThrottleRetry> {
+        None
     }
 
     /// Checks that `credentials` work, usually with one cheap authenticated call.

@@ -2,7 +2,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
 use futures_util::FutureExt;
 use reqwest_middleware::ClientWithMiddleware;
 use serde_json::{Map, Value};
@@ -12,8 +11,8 @@ use super::context::ContextParts;
 use super::keys::SessionKeys;
 use super::router::{Call, Router, StepInputs};
 use super::{
-    AuthSetup, Connector, ConnectorError, Context, EmitError, Emitter, ErrorKind, ErrorPayload,
-    Event, Message, Verification, VerifyContext,
+    AuthSetup, Connector, ConnectorError, Context, Emitter, ErrorKind, ErrorPayload, Message,
+    Verification, VerifyContext,
 };
 use deckhand_core::auth::{
     AccountId, CredentialStore, HolderId, KeysSink, TokenManager, api_http_client,
@@ -137,12 +136,12 @@ impl<C: Connector> Session<C> {
                 if let Some(field) = origin_token_field {
                     auth = auth.allow_origin_from_token_field(field);
                 }
-                let http = reqwest_middleware::ClientBuilder::new(base)
-                    .with(auth)
-                    .build();
-                (Some(manager), http)
+                (
+                    Some(manager),
+                    http_stack(base, &*connector).with(auth).build(),
+                )
             }
-            _ => (None, reqwest_middleware::ClientBuilder::new(base).build()),
+            _ => (None, http_stack(base, &*connector).build()),
         };
         let state = Arc::new(SessionKeys {
             static_credentials: Mutex::new(if manager.is_some() {
@@ -331,14 +330,15 @@ impl<C: Connector> std::fmt::Debug for Session<C> {
     }
 }
 
-/// Sends events of one message nowhere but a log line; for messages whose transport is gone.
-#[derive(Debug, Default)]
-pub struct DiscardEmitter;
-
-#[async_trait]
-impl Emitter for DiscardEmitter {
-    async fn emit(&self, event: Event) -> Result<(), EmitError> {
-        tracing::debug!(event = event.name(), "event discarded");
-        Ok(())
+/// The client every request of [`Context::http`](crate::Context::http) goes through: the connector's throttling
+/// retries first, so that each retry passes the authentication added after them.
+fn http_stack<C: Connector>(
+    base: reqwest::Client,
+    connector: &C,
+) -> reqwest_middleware::ClientBuilder {
+    let builder = reqwest_middleware::ClientBuilder::new(base);
+    match connector.throttle_retry() {
+        Some(throttle) => builder.with(throttle),
+        None => builder,
     }
 }

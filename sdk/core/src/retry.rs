@@ -15,6 +15,8 @@
 //! * [`run`] — the whole loop for the common case: an operation that fails transiently or for
 //!   good ([`Failure`]).
 //! * [`retry_after`] — a `Retry-After` value (delay-seconds or HTTP-date) as a duration.
+//! * [`ThrottleRetry`] — a policy as an HTTP client middleware: requests an API answers 429 or
+//!   503 are sent again after the `Retry-After` it asks for, so connectors write no loop.
 //!
 //! Elapsed time is measured with [`tokio::time::Instant`] and pauses use
 //! [`tokio::time::sleep`], so tests run with paused time, without real waits.
@@ -57,7 +59,12 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
+use async_trait::async_trait;
+use http::Extensions;
 use rand::Rng;
+use reqwest::header::RETRY_AFTER;
+use reqwest::{Request, Response, StatusCode};
+use reqwest_middleware::{Middleware, Next};
 use tokio::time::Instant;
 
 const NANOS_PER_SEC: u128 = 1_000_000_000;
@@ -381,6 +388,82 @@ pub fn retry_after_at(value: &[u8], now: SystemTime) -> Option<Duration> {
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or_default())
+}
+
+/// A [`Policy`] applied to the requests an HTTP API refuses for load: a `reqwest-middleware`
+/// middleware that sends a request again when the answer is **429 Too Many Requests** or **503
+/// Service Unavailable**, after the `Retry-After` the API asked for (capped by the policy's
+/// backoff) or else the policy's next backoff delay. When the policy says stop, or the request
+/// cannot be sent twice (a streaming body), the last answer is returned as it is, for the caller
+/// to map to an error.
+///
+/// Put it before the authentication middleware in the chain, so that a retry after a long wait
+/// gets a fresh token. A connector asks for it with `Connector::throttle_retry`.
+///
+/// ```
+/// use std::time::Duration;
+/// use deckhand_core::retry::{Backoff, Policy, ThrottleRetry};
+///
+/// // Up to three retries, 1 s, 2 s, 4 s apart, or as long as `Retry-After` asks (at most 30 s).
+/// let throttle = ThrottleRetry::new(
+///     Policy::new(Backoff::exponential(Duration::from_secs(1)).with_cap(Duration::from_secs(30)))
+///         .with_max_attempts(4),
+/// );
+/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+///     .with(throttle)
+///     .build();
+/// # let _ = client;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThrottleRetry {
+    policy: Policy,
+}
+
+impl ThrottleRetry {
+    /// Retries throttled requests as `policy` says.
+    pub const fn new(policy: Policy) -> Self {
+        Self { policy }
+    }
+
+    /// The policy.
+    pub const fn policy(&self) -> &Policy {
+        &self.policy
+    }
+}
+
+#[async_trait]
+impl Middleware for ThrottleRetry {
+    async fn handle(
+        &self,
+        mut req: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let mut schedule = self.policy.attempts();
+        loop {
+            let again = req.try_clone();
+            let response = next.clone().run(req, extensions).await?;
+            let status = response.status();
+            if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE
+            {
+                return Ok(response);
+            }
+            let asked = response.headers().get(RETRY_AFTER).and_then(retry_after);
+            let (Some(again), Some(wait)) = (again, schedule.next_delay(asked)) else {
+                return Ok(response);
+            };
+            tracing::warn!(
+                status = status.as_u16(),
+                method = %again.method(),
+                path = again.url().path(),
+                retry = schedule.failures(),
+                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                "the API is throttling; waiting before retrying"
+            );
+            tokio::time::sleep(wait).await;
+            req = again;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -14,11 +14,11 @@ struct Probe;
 impl Connector for Probe {
     fn router(&self) -> Router<Self> {
         Router::new()
-            .action("config", dispatch)
-            .action("panics", dispatch)
-            .action("fails", dispatch)
-            .action("rotate", dispatch)
-            .trigger("poll", dispatch)
+            .action("config", echo_config)
+            .action("panics", panics)
+            .action("fails", fails)
+            .action("rotate", rotate)
+            .trigger("poll", poll)
     }
 
     async fn verify_credentials(
@@ -32,44 +32,37 @@ impl Connector for Probe {
     }
 }
 
-/// Every function of this test connector, dispatched on its name (the router's names).
-async fn dispatch(connector: Arc<Probe>, input: Input, ctx: Context) -> Result<(), ConnectorError> {
-    connector.process(ctx.function(), input, &ctx).await
+/// Emits the step configuration as it reached the handler.
+async fn echo_config(input: Input, ctx: Context) -> Result<(), ConnectorError> {
+    ctx.emit_data(Message::new(input.config)).await?;
+    Ok(())
 }
 
-impl Probe {
-    async fn process(
-        &self,
-        function: &str,
-        input: Input,
-        ctx: &Context,
-    ) -> Result<(), ConnectorError> {
-        match function {
-            "config" => {
-                ctx.emit_data(Message::new(input.config.clone())).await?;
-                Ok(())
-            }
-            "panics" => panic!("boom"),
-            "fails" => Err(ConnectorError::new(
-                ErrorKind::Provider("Upstream".into()),
-                "the API is down",
-            )
-            .with_source(std::io::Error::other("connection reset"))),
-            "rotate" => {
-                let mut keys = input.config.clone();
-                keys["apiKey"] = json!("KEY-2");
-                keys.as_object_mut().unwrap().remove("field");
-                ctx.emit_update_keys(keys).await?;
-                Ok(())
-            }
-            "poll" => {
-                let n = input.snapshot.get("n").and_then(Value::as_u64).unwrap_or(0);
-                ctx.emit_snapshot(json!({"n": n + 1})).await?;
-                Ok(())
-            }
-            _ => unreachable!("the session checks names"),
-        }
-    }
+async fn panics() -> Result<(), ConnectorError> {
+    panic!("boom")
+}
+
+async fn fails() -> Result<(), ConnectorError> {
+    Err(
+        ConnectorError::new(ErrorKind::Provider("Upstream".into()), "the API is down")
+            .with_source(std::io::Error::other("connection reset")),
+    )
+}
+
+/// Emits the configuration's keys with `apiKey` rotated and `field` dropped.
+async fn rotate(input: Input, ctx: Context) -> Result<(), ConnectorError> {
+    let mut keys = input.config;
+    keys["apiKey"] = json!("KEY-2");
+    keys.as_object_mut().unwrap().remove("field");
+    ctx.emit_update_keys(keys).await?;
+    Ok(())
+}
+
+/// Counts its calls in the snapshot.
+async fn poll(input: Input, ctx: Context) -> Result<(), ConnectorError> {
+    let n = input.snapshot.get("n").and_then(Value::as_u64).unwrap_or(0);
+    ctx.emit_snapshot(json!({"n": n + 1})).await?;
+    Ok(())
 }
 
 fn session(sink: MemorySink) -> Session<Probe> {

@@ -68,8 +68,8 @@ struct Rotating {
 impl Connector for Rotating {
     fn router(&self) -> Router<Self> {
         Router::new()
-            .action("call_then_emit_stale", dispatch)
-            .action("emit_field", dispatch)
+            .action("call_then_emit_stale", call_then_emit_stale)
+            .action("emit_field", emit_field)
     }
 
     fn auth(&self, _: &Credentials) -> Result<Option<AuthSetup>, ConnectorError> {
@@ -89,46 +89,32 @@ impl Connector for Rotating {
     }
 }
 
-/// Every function of this test connector, dispatched on its name (the router's names).
-async fn dispatch(
+/// A call that rotates r0 → r1, then an `updateKeys` from the function's own (stale) copy
+/// of the configuration.
+async fn call_then_emit_stale(
     connector: Arc<Rotating>,
     input: Input,
     ctx: Context,
 ) -> Result<(), ConnectorError> {
-    connector.process(ctx.function(), input, &ctx).await
+    // The call rotates r0 → r1 (the stale token is rejected with 401) ...
+    let status = ctx
+        .http()
+        .get(format!("{}/api/data", connector.api))
+        .send()
+        .await
+        .map_err(|e| ConnectorError::other(e.to_string()))?
+        .status();
+    assert_eq!(status, 200);
+    // ... then the function emits keys from its copy of the config, holding r0.
+    let mut keys = input.config;
+    keys["note"] = json!("from the component");
+    ctx.emit_update_keys(keys).await?;
+    Ok(())
 }
 
-impl Rotating {
-    async fn process(
-        &self,
-        function: &str,
-        input: Input,
-        ctx: &Context,
-    ) -> Result<(), ConnectorError> {
-        match function {
-            "call_then_emit_stale" => {
-                // The call rotates r0 → r1 (the stale token is rejected with 401) ...
-                let status = ctx
-                    .http()
-                    .get(format!("{}/api/data", self.api))
-                    .send()
-                    .await
-                    .map_err(|e| ConnectorError::other(e.to_string()))?
-                    .status();
-                assert_eq!(status, 200);
-                // ... then the function emits keys from its copy of the config, holding r0.
-                let mut keys = input.config.clone();
-                keys["note"] = json!("from the component");
-                ctx.emit_update_keys(keys).await?;
-                Ok(())
-            }
-            "emit_field" => {
-                ctx.emit_update_keys(json!({"prodEnv": "test"})).await?;
-                Ok(())
-            }
-            _ => unreachable!(),
-        }
-    }
+async fn emit_field(ctx: Context) -> Result<(), ConnectorError> {
+    ctx.emit_update_keys(json!({"prodEnv": "test"})).await?;
+    Ok(())
 }
 
 async fn rotating_session(

@@ -10,7 +10,8 @@ use deckhand::connector::{
     CollectingEmitter, ErrorPayload, Event, Message, Outcome, Session, StepConfig,
 };
 use deckhand::credentials::Credentials;
-use deckhand_msgraph::{MsGraph, Throttling};
+use deckhand::retry::{Backoff, Policy};
+use deckhand_msgraph::MsGraph;
 use mockito::{Matcher, Mock, ServerGuard};
 use serde_json::{Map, Value, json};
 
@@ -20,12 +21,9 @@ pub const TENANT: &str = "contoso";
 pub const ACCESS_TOKEN: &str = "at-1";
 
 /// Throttling waits of a few milliseconds, whatever `Retry-After` says.
-pub fn fast_throttling() -> Throttling {
-    Throttling {
-        max_retries: 3,
-        max_wait: Duration::from_millis(20),
-        default_wait: Duration::from_millis(5),
-    }
+pub fn fast_throttling() -> Policy {
+    Policy::new(Backoff::exponential(Duration::from_millis(5)).with_cap(Duration::from_millis(20)))
+        .with_max_attempts(4)
 }
 
 /// The connector with fast throttling retries.
