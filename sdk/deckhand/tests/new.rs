@@ -2,8 +2,8 @@
 //! builds, tests, lints and formats cleanly against this workspace's SDK exactly as generated.
 //!
 //! The cargo runs share the workspace's target directory (see [`Builds`]). Each generated crate
-//! gets the workspace's Cargo.lock and cargo runs `--offline`: the same versions as the
-//! workspace, nothing resolved or downloaded.
+//! comes with the workspace's Cargo.lock (`deckhand new` copies the SDK's) and cargo runs
+//! `--offline`: the same versions as the workspace, nothing resolved or downloaded.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -314,7 +314,11 @@ fn generated_crates_pass_cargo_test_clippy_and_fmt_against_the_workspace_sdk() {
     let mut builds = Builds::new();
     for kind in KINDS {
         let dir = generate(parent.path(), &format!("acme-{kind}"), kind);
-        std::fs::copy(&lock, dir.join("Cargo.lock")).unwrap();
+        // `deckhand new` copied the workspace's lock file: the same versions, nothing to resolve.
+        assert_eq!(
+            std::fs::read(dir.join("Cargo.lock")).unwrap(),
+            std::fs::read(&lock).unwrap()
+        );
         let times = [
             ("fmt", builds.cargo(&dir, &["fmt", "--check"])),
             (

@@ -165,7 +165,8 @@ pub fn generate(args: &NewArgs) -> Result<Generated, NewError> {
     ensure_empty(&dir)?;
 
     let [main_rs, tests_rs, credentials, credentials_readme] = args.auth.templates();
-    let sdk_path = sdk_path.to_string_lossy();
+    let sdk_dir = sdk_path;
+    let sdk_path = sdk_dir.to_string_lossy();
     let vars = Vars(vec![
         ("name", args.name.clone()),
         ("title", title(&args.name)),
@@ -189,13 +190,26 @@ pub fn generate(args: &NewArgs) -> Result<Generated, NewError> {
     ];
     let src = dir.join("src");
     std::fs::create_dir_all(&src).map_err(io_error(&src))?;
+    let mut written: Vec<&'static str> = Vec::new();
     for (file, template) in files {
         let path = dir.join(file);
         std::fs::write(&path, vars.render(template)).map_err(io_error(&path))?;
+        written.push(file);
+    }
+    // The SDK workspace's lock file: the first build uses the versions the SDK was tested
+    // with (Cargo drops the entries the crate does not need).
+    if let Some(lock) = sdk_dir
+        .ancestors()
+        .map(|d| d.join("Cargo.lock"))
+        .find(|l| l.is_file())
+    {
+        let path = dir.join("Cargo.lock");
+        std::fs::copy(&lock, &path).map_err(io_error(&path))?;
+        written.push("Cargo.lock");
     }
     Ok(Generated {
         dir,
-        files: files.iter().map(|(file, _)| *file).collect(),
+        files: written,
     })
 }
 
