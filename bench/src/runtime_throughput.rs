@@ -106,6 +106,10 @@ pub struct Args {
     /// Fail a run when the output queue has not grown for this many seconds.
     #[arg(long, default_value_t = 30)]
     stall_secs: u64,
+    /// Run the Deckhand worker with its metrics and health endpoints on this address
+    /// (`DECKHAND_METRICS_ADDR`, e.g. `127.0.0.1:0`), to measure what they cost. Default: off.
+    #[arg(long)]
+    metrics_addr: Option<String>,
     /// Internal: run as the lapin loop process (started by this benchmark).
     #[arg(long, hide = true, requires_all = ["queue", "exchange", "routing_key"])]
     lapin_loop_child: bool,
@@ -454,6 +458,9 @@ async fn one_run(
                 prefetch: args.prefetch,
                 step_file,
             }));
+            if let Some(addr) = &args.metrics_addr {
+                c.env("DECKHAND_METRICS_ADDR", addr);
+            }
             c
         }
         Arm::LapinLoop => {

@@ -94,7 +94,7 @@ fuzz_target!(|data: &[u8]| {
             Message::new(serde_json::json!({}))
         }
     };
-    let ctx = OutgoingContext::new(cfg.clone(), incoming, input.clone(), StepFlags::default());
+    let ctx = OutgoingContext::new(cfg.clone(), incoming, &input, StepFlags::default());
     let _ = ctx.publications(Outgoing::Data(input));
     let _ = ctx.publications(Outgoing::Error(ErrorInfo::new("fuzz")));
     let _ = ctx.publications(Outgoing::Rebound {

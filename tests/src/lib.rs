@@ -303,6 +303,72 @@ pub mod broker {
         AMQPValue::LongString(LongString::from(s.to_owned()))
     }
 
+    /// A TCP relay on loopback between a worker and the broker that a test can shut: shut, it
+    /// refuses new connections (those already relayed go on), so a connection the test closes
+    /// stays down until [`reopen`](Self::reopen). Point a worker at [`amqp_uri`](Self::amqp_uri).
+    pub struct Gate {
+        uri: String,
+        open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Gate {
+        /// A gate (open) to the test broker ([`amqp_uri`]).
+        pub async fn open_to_broker() -> Self {
+            use std::sync::atomic::Ordering;
+            let broker: lapin::uri::AMQPUri = amqp_uri().parse().expect("a valid test AMQP URI");
+            let upstream = format!("{}:{}", broker.authority.host, broker.authority.port);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind the gate");
+            let port = listener.local_addr().expect("gate address").port();
+            let userinfo = &broker.authority.userinfo;
+            let uri = format!(
+                "amqp://{}:{}@127.0.0.1:{port}/{}",
+                userinfo.username,
+                userinfo.password,
+                broker.vhost.replace('/', "%2f")
+            );
+            let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let is_open = open.clone();
+            let task = tokio::spawn(async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if !is_open.load(Ordering::SeqCst) {
+                        continue; // dropped: the client's handshake fails
+                    }
+                    let upstream = upstream.clone();
+                    tokio::spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                }
+            });
+            Self { uri, open, task }
+        }
+
+        /// The broker's URI through the gate.
+        pub fn amqp_uri(&self) -> String {
+            self.uri.clone()
+        }
+
+        /// Refuses new connections from now on.
+        pub fn shut(&self) {
+            self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+
+        /// Relays new connections again.
+        pub fn reopen(&self) {
+            self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Drop for Gate {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
     /// Force-closes, broker side, every connection whose client-provided `connection_name` is
     /// `name` — what a broker restart or network cut looks like to the client. Returns how many.
     pub fn force_close_connections(name: &str) -> usize {

@@ -81,7 +81,7 @@ mod runtime {
         let (body, props) = input(&cfg, "in-1", 1);
         let incoming = Incoming::new(props, body);
         let decoded = incoming.decode(&cfg.cipher, cfg.input_format).unwrap();
-        let ctx = OutgoingContext::new(cfg.clone(), incoming, decoded, StepFlags::default());
+        let ctx = OutgoingContext::new(cfg.clone(), incoming, &decoded, StepFlags::default());
 
         let mut out = Message::new(json!({"hello": "world"}));
         out.id = Some("out-1".into());
@@ -208,7 +208,7 @@ mod runtime {
         props = props.with_headers(headers);
         let incoming = Incoming::new(props, body);
         let decoded = incoming.decode(&cfg.cipher, cfg.input_format).unwrap();
-        let ctx = OutgoingContext::new(cfg.clone(), incoming, decoded, StepFlags::default());
+        let ctx = OutgoingContext::new(cfg.clone(), incoming, &decoded, StepFlags::default());
         let p = ctx
             .publications(Outgoing::Rebound {
                 reason: "busy".into(),
@@ -389,7 +389,7 @@ mod runtime {
         let (body, props) = input(&cfg, "p-1", 1);
         let incoming = Incoming::new(props, body);
         let decoded = incoming.decode(&cfg.cipher, cfg.input_format).unwrap();
-        let ctx = OutgoingContext::new(ctx_cfg, incoming, decoded, StepFlags::default());
+        let ctx = OutgoingContext::new(ctx_cfg, incoming, &decoded, StepFlags::default());
         let p = ctx
             .publications(Outgoing::Data(Message::new(json!({"after": "close"}))))
             .unwrap();
@@ -428,7 +428,7 @@ mod runtime {
         let (body, props) = input(&cfg, "in-1", 1);
         let incoming = Incoming::new(props, body);
         let decoded = incoming.decode(&cfg.cipher, cfg.input_format).unwrap();
-        let ctx = OutgoingContext::new(cfg.clone(), incoming, decoded, StepFlags::default());
+        let ctx = OutgoingContext::new(cfg.clone(), incoming, &decoded, StepFlags::default());
         let p = ctx
             .publications(Outgoing::Snapshot(json!({"cursor": 1})))
             .unwrap()
@@ -510,7 +510,7 @@ mod runtime {
         let ctx = OutgoingContext::new(
             cfg.clone(),
             Incoming::new(BasicProperties::default(), Vec::new()),
-            Message::new(json!({})),
+            &Message::new(json!({})),
             StepFlags::default(),
         );
         let p = ctx

@@ -177,6 +177,20 @@ impl Harness {
     }
 
     async fn start(&self, barrier: usize) -> (oneshot::Sender<()>, tokio::task::JoinHandle<u8>) {
+        let (_, stop, handle) = self.start_observed(barrier).await;
+        (stop, handle)
+    }
+
+    /// As [`start`](Self::start), also returning where the worker serves its metrics (with
+    /// `DECKHAND_METRICS_ADDR` among the harness's variables).
+    async fn start_observed(
+        &self,
+        barrier: usize,
+    ) -> (
+        Option<std::net::SocketAddr>,
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<u8>,
+    ) {
         let mut options = TransportOptions::from_config(&self.cfg);
         options.connection_name = format!("deckhand-test-{}", self.topo.id);
         let worker = Worker::start_with(
@@ -189,11 +203,12 @@ impl Harness {
         )
         .await
         .expect("worker starts");
+        let metrics = worker.metrics_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(worker.run_until(async move {
             let _ = stopped.await;
         }));
-        (stop, handle)
+        (metrics, stop, handle)
     }
 
     async fn send(&self, id: &str, body: Value, headers: &[(&str, AMQPValue)]) {
@@ -1010,4 +1025,246 @@ async fn with_a_credential_store_a_restarted_worker_loads_the_rotated_keys_from_
     );
     h.topo.cleanup().await;
     schema.cleanup().await;
+}
+
+/// `GET http://{addr}{path}`: status and body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("http://{addr}{path}"))
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// Polls `/readyz` until it answers `want` (at most 20 s).
+async fn wait_readyz(addr: std::net::SocketAddr, want: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = http_get(addr, "/readyz").await;
+        if status == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz still answers {status}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Label pairs of a sample.
+type Labels<'a> = &'a [(&'a str, &'a str)];
+
+/// The value of the sample `name` whose labels include every one of `labels`, in an
+/// OpenMetrics text scrape.
+fn sample(scrape: &str, name: &str, labels: Labels) -> f64 {
+    scrape
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .find(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} {labels:?} in:\n{scrape}"))
+}
+
+/// Runs the rotating-token scenario on a worker serving metrics; returns the scrape taken
+/// after two messages (the first refreshing the token) and the secrets the worker held.
+async fn scrape_after_a_refresh() -> (String, Vec<String>) {
+    let (server, token, fresh, _stale) = rotating_api().await;
+    let config = json!({
+        "apiBase": server.url(), "tokenUrl": format!("{}/token", server.url()),
+        "oauth": {"access_token": "A1", "refresh_token": "R1"}
+    });
+    let h = Harness::new(
+        "authed",
+        step(config),
+        &[("DECKHAND_METRICS_ADDR", "127.0.0.1:0")],
+    )
+    .await;
+    let (addr, stop, worker) = h.start_observed(1).await;
+    let addr = addr.expect("metrics are served when DECKHAND_METRICS_ADDR is set");
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+    wait_readyz(addr, 200).await;
+    for id in ["m-1", "m-2"] {
+        h.send(id, json!({}), &[]).await;
+        let (body, _, _) = h.receive(&h.data).await;
+        assert_eq!(body["body"], json!({"from": "api"}));
+    }
+    h.receive(&h.keys).await;
+    token.assert_async().await;
+    fresh.assert_async().await;
+    // The last confirm comes before the settlement and the metrics of the message's end.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, scrape) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    stop.send(()).unwrap();
+    worker.await.unwrap();
+    h.topo.cleanup().await;
+    let secrets = ["A1", "A2", "R1", "R2", "probe-secret", "testCryptoPassword"]
+        .map(str::to_owned)
+        .to_vec();
+    (scrape, secrets)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_counts_messages_emits_refreshes_and_update_keys() {
+    let (scrape, _) = scrape_after_a_refresh().await;
+    // name, labels besides step and function, value
+    let expected: &[(&str, Labels, f64)] = &[
+        ("deckhand_messages_received_total", &[], 2.0),
+        ("deckhand_messages_emitted_total", &[("kind", "data")], 2.0),
+        ("deckhand_messages_emitted_total", &[("kind", "error")], 0.0),
+        ("deckhand_messages_failed_total", &[], 0.0),
+        ("deckhand_messages_in_flight", &[], 0.0),
+        ("deckhand_message_processing_seconds_count", &[], 2.0),
+        // The API's 401 on A1 made the worker refresh once, successfully.
+        (
+            "deckhand_token_refreshes_total",
+            &[("reason", "rejected"), ("outcome", "refreshed")],
+            1.0,
+        ),
+        ("deckhand_token_requests_total", &[], 1.0),
+        ("deckhand_update_keys_persisted_total", &[], 1.0),
+        ("deckhand_update_keys_failed_total", &[], 0.0),
+        ("deckhand_update_keys_pending", &[], 0.0),
+        ("deckhand_credential_state", &[("state", "active")], 1.0),
+        (
+            "deckhand_credential_state",
+            &[("state", "needs_reauth")],
+            0.0,
+        ),
+        ("deckhand_ready", &[], 1.0),
+        (
+            "deckhand_amqp_reconnects_total",
+            &[("connection", "read")],
+            0.0,
+        ),
+    ];
+    for (name, extra, value) in expected {
+        let mut labels = vec![("step", "step_1"), ("function", "authed")];
+        labels.extend_from_slice(extra);
+        assert_eq!(sample(&scrape, name, &labels), *value, "{name} {extra:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_scrape_holds_no_secret() {
+    let (scrape, secrets) = scrape_after_a_refresh().await;
+    assert!(
+        scrape.contains("deckhand_token_refreshes_total"),
+        "{scrape}"
+    );
+    for secret in secrets {
+        assert!(
+            !scrape.contains(&secret),
+            "`{secret}` in the scrape:\n{scrape}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_the_broker_connection_is_closed_and_200_after_the_reconnect() {
+    // The worker reaches the broker through a gate of this test: with the gate shut, the
+    // connection closed below cannot come back, so the not-ready time is long enough to see.
+    let gate = deckhand_tests::broker::Gate::open_to_broker().await;
+    let uri = gate.amqp_uri();
+    let h = Harness::new(
+        "echo",
+        step(json!({})),
+        &[
+            ("DECKHAND_METRICS_ADDR", "127.0.0.1:0"),
+            ("ELASTICIO_AMQP_URI", &uri),
+        ],
+    )
+    .await;
+    let (addr, stop, worker) = h.start_observed(1).await;
+    let addr = addr.expect("metrics served");
+    wait_readyz(addr, 200).await;
+    h.send("r-1", json!({"n": 1}), &[]).await;
+    h.receive(&h.data).await;
+
+    gate.shut();
+    // Only this worker's consuming connection (named after this test's topology).
+    force_close_connections(&format!("deckhand-test-{}-read", h.topo.id));
+    wait_readyz(addr, 503).await;
+    let (_, scrape) = http_get(addr, "/metrics").await;
+    assert_eq!(
+        sample(&scrape, "deckhand_ready", &[("step", "step_1")]),
+        0.0,
+        "{scrape}"
+    );
+    // Still not ready a moment later: it cannot reconnect while the gate is shut.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(http_get(addr, "/readyz").await.0, 503);
+
+    gate.reopen();
+    wait_readyz(addr, 200).await;
+    let (_, scrape) = http_get(addr, "/metrics").await;
+    assert_eq!(
+        sample(
+            &scrape,
+            "deckhand_amqp_reconnects_total",
+            &[("connection", "read")]
+        ),
+        1.0,
+        "{scrape}"
+    );
+    // And it consumes again.
+    h.send("r-2", json!({"n": 2}), &[]).await;
+    let (body, _, _) = h.receive(&h.data).await;
+    assert_eq!(body["body"], json!({"n": 2}));
+    stop.send(()).unwrap();
+    worker.await.unwrap();
+    h.topo.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_a_stopping_worker_drains() {
+    // `gather` waits (up to 10 s) for a second message that never comes: one stays in flight.
+    let h = Harness::new(
+        "gather",
+        step(json!({})),
+        &[("DECKHAND_METRICS_ADDR", "127.0.0.1:0")],
+    )
+    .await;
+    let (addr, stop, worker) = h.start_observed(2).await;
+    let addr = addr.expect("metrics served");
+    wait_readyz(addr, 200).await;
+    h.send("d-1", json!({}), &[]).await;
+    let labels = [("step", "step_1"), ("function", "gather")];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sample(
+        &http_get(addr, "/metrics").await.1,
+        "deckhand_messages_in_flight",
+        &labels,
+    ) < 1.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the message never got in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    wait_readyz(addr, 503).await;
+    let (_, scrape) = http_get(addr, "/metrics").await;
+    assert_eq!(
+        sample(&scrape, "deckhand_messages_in_flight", &labels),
+        1.0,
+        "still draining"
+    );
+    assert_eq!(
+        http_get(addr, "/healthz").await.0,
+        200,
+        "alive while draining"
+    );
+    worker.await.unwrap();
+    h.topo.cleanup().await;
 }

@@ -263,6 +263,18 @@ impl<C: Connector> Session<C> {
             function,
             message_id = message.id.as_deref().unwrap_or(""),
         );
+        self.process_in(span, function, message, emitter).await
+    }
+
+    /// As [`process`](Self::process), logging in `span`: for a transport that already has a
+    /// span for the message (one span per message, not two nested ones).
+    pub async fn process_in(
+        &self,
+        span: tracing::Span,
+        function: &str,
+        message: Message,
+        emitter: Arc<dyn Emitter>,
+    ) -> Outcome {
         let ctx = Context::new(ContextParts {
             function: function.to_owned(),
             message_id: message.id.clone(),

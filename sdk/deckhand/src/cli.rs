@@ -158,17 +158,30 @@ pub fn main<C: Connector>(connector: C, component_json: &'static str) -> ExitCod
 }
 
 /// Logs as JSON lines on standard error, level from `LOG_LEVEL` (default `info`).
+///
+/// `LOG_LEVEL` is a level (`info`, `debug`, …) or `tracing` directives (`info,deckhand_core=debug`).
+/// A plain level gets a static level filter: directives are matched again each time a span
+/// is entered, which for the span every message runs in costs throughput.
 pub fn init_logging() {
-    let filter = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_current_span(false)
-        .with_span_list(true)
-        .try_init();
+    let setting = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into());
+    let json_lines = || {
+        tracing_subscriber::fmt()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_current_span(false)
+            .with_span_list(true)
+    };
+    let _ = match setting
+        .trim()
+        .parse::<tracing_subscriber::filter::LevelFilter>()
+    {
+        Ok(level) => json_lines().with_max_level(level).try_init(),
+        Err(_) => {
+            let filter = tracing_subscriber::EnvFilter::try_new(&setting)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            json_lines().with_env_filter(filter).try_init()
+        }
+    };
 }
 
 fn usage_error(message: impl std::fmt::Display) -> u8 {

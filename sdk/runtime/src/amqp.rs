@@ -40,6 +40,10 @@
 //!   delivery whose channel died report [`SettleError::ChannelClosed`] instead of panicking.
 //!   Pair it with [`crate::dedup::Deduplicator`] so a redelivered message that was
 //!   already processed is settled without running twice.
+//! * **Counters** ([`TransportStats`], [`Transport::stats`]): reconnects per connection and
+//!   publish retries and failures, counted always (relaxed atomics on paths that are slow
+//!   anyway); [`Consumer::readiness`] tells whether the consumer is subscribed on a live
+//!   channel. The worker's metrics endpoint reads both ([`crate::metrics`]).
 //! * The runtime never declares exchanges, queues or bindings: the platform does.
 
 use std::collections::VecDeque;
@@ -202,6 +206,47 @@ pub struct Confirmed {
     pub returned: Option<(u16, String)>,
 }
 
+/// What a [`Transport`] went through since it connected: reconnects and publish retries.
+/// Counted whether or not metrics are served; reading is cheap.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    reconnects_read: AtomicU64,
+    reconnects_write: AtomicU64,
+    publish_retries: AtomicU64,
+    publish_failures: AtomicU64,
+}
+
+impl TransportStats {
+    /// Connections reopened after the consuming (`read`) connection was lost.
+    pub fn reconnects_read(&self) -> u64 {
+        self.reconnects_read.load(Ordering::Relaxed)
+    }
+
+    /// Connections reopened after the publishing (`write`) connection was lost.
+    pub fn reconnects_write(&self) -> u64 {
+        self.reconnects_write.load(Ordering::Relaxed)
+    }
+
+    /// Publish attempts that failed and were retried (nack, closed channel, confirm timeout).
+    pub fn publish_retries(&self) -> u64 {
+        self.publish_retries.load(Ordering::Relaxed)
+    }
+
+    /// Publishes that failed after every attempt.
+    pub fn publish_failures(&self) -> u64 {
+        self.publish_failures.load(Ordering::Relaxed)
+    }
+
+    fn reconnected(&self, role: &str) {
+        let counter = if role == "read" {
+            &self.reconnects_read
+        } else {
+            &self.reconnects_write
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// One broker node of a [`ConnSlot`].
 struct Node {
     uri: AMQPUri,
@@ -212,6 +257,8 @@ struct Node {
 struct Current {
     conn: Option<Arc<Connection>>,
     node: usize,
+    /// A connection was lost and none opened since: the next one counts as a reconnect.
+    lost: bool,
 }
 
 /// One of the two connections, reopened on demand — on the next node when there are several.
@@ -222,10 +269,11 @@ struct ConnSlot {
     retry_delay: Duration,
     connect_timeout: Duration,
     current: Mutex<Current>,
+    stats: Arc<TransportStats>,
 }
 
 impl ConnSlot {
-    fn new(opts: &TransportOptions, role: &'static str) -> Self {
+    fn new(opts: &TransportOptions, role: &'static str, stats: Arc<TransportStats>) -> Self {
         let nodes = opts
             .uris
             .iter()
@@ -253,7 +301,9 @@ impl ConnSlot {
             current: Mutex::new(Current {
                 conn: None,
                 node: 0,
+                lost: false,
             }),
+            stats,
         }
     }
 
@@ -267,6 +317,7 @@ impl ConnSlot {
             if conn.status().connected() {
                 return Ok(conn.clone());
             }
+            current.lost = true;
             warn!(connection = %self.name, node = %self.nodes[current.node].redacted, "AMQP connection lost, reconnecting");
             start = current.node + 1;
         }
@@ -293,6 +344,9 @@ impl ConnSlot {
                         let conn = Arc::new(conn);
                         current.conn = Some(conn.clone());
                         current.node = index;
+                        if std::mem::take(&mut current.lost) {
+                            self.stats.reconnected(self.role);
+                        }
                         return Ok(conn);
                     }
                     Ok(Err(e)) => last = format!("{}: {e}", node.redacted),
@@ -352,6 +406,7 @@ pub struct Transport {
     opts: Arc<TransportOptions>,
     read: Arc<ConnSlot>,
     publisher: Publisher,
+    stats: Arc<TransportStats>,
 }
 
 impl fmt::Debug for Transport {
@@ -368,8 +423,9 @@ impl Transport {
     /// after the configured attempts.
     pub async fn connect(opts: TransportOptions) -> Result<Self, TransportError> {
         let opts = Arc::new(opts);
-        let read = Arc::new(ConnSlot::new(&opts, "read"));
-        let write = Arc::new(ConnSlot::new(&opts, "write"));
+        let stats = Arc::new(TransportStats::default());
+        let read = Arc::new(ConnSlot::new(&opts, "read", stats.clone()));
+        let write = Arc::new(ConnSlot::new(&opts, "write", stats.clone()));
         read.get(opts.connect_attempts).await?;
         let publisher = Publisher::new(write, &opts);
         publisher.inner.channel().await.map_err(|e| match e {
@@ -380,7 +436,13 @@ impl Transport {
             opts,
             read,
             publisher,
+            stats,
         })
+    }
+
+    /// Reconnects and publish retries so far.
+    pub fn stats(&self) -> Arc<TransportStats> {
+        self.stats.clone()
     }
 
     /// The broker node (URI, password redacted) the consuming connection is on, if connected.
@@ -404,6 +466,7 @@ impl Transport {
             resubscribe: Backoff::exponential(self.opts.connect_retry_delay)
                 .with_cap(self.opts.reconnect_max_delay),
             subscription: None,
+            live: Arc::default(),
             generation: 0,
             stop: StopHandle::default(),
             finished: false,
@@ -574,6 +637,11 @@ impl Publisher {
                         schedule.next_delay(None)
                     };
                     let Some(delay) = next else {
+                        inner
+                            .slot
+                            .stats
+                            .publish_failures
+                            .fetch_add(1, Ordering::Relaxed);
                         return Err(PublishError {
                             exchange: publication.exchange.clone(),
                             routing_key: publication.routing_key.clone(),
@@ -587,6 +655,11 @@ impl Publisher {
                         attempt = schedule.failures(), error = %e, ?delay,
                         "publish failed, retrying"
                     );
+                    inner
+                        .slot
+                        .stats
+                        .publish_retries
+                        .fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -721,6 +794,39 @@ impl StopHandle {
     }
 }
 
+/// Whether a [`Consumer`] is subscribed on a live channel and not stopping, readable from
+/// another task ([`Consumer::readiness`]): what a worker's `/readyz` answers. The default
+/// (no consumer yet) is not ready.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    channel: Arc<std::sync::Mutex<Option<Channel>>>,
+    stop: StopHandle,
+}
+
+impl fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Readiness")
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
+impl Readiness {
+    /// `true` while subscribed on a channel whose connection is up and no stop was requested;
+    /// `false` while (re)connecting, re-subscribing, draining or stopped.
+    pub fn is_ready(&self) -> bool {
+        !self.stop.is_stopped()
+            && self
+                .lock()
+                .as_ref()
+                .is_some_and(|channel| channel.status().connected())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Channel>> {
+        self.channel.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 struct Subscription {
     channel: Channel,
     consumer: lapin::Consumer,
@@ -748,6 +854,8 @@ pub struct Consumer {
     /// Pauses between failed re-subscribes: uncounted, they go on until a stop.
     resubscribe: Backoff,
     subscription: Option<Subscription>,
+    /// The live subscription's channel, for [`Readiness`].
+    live: Arc<std::sync::Mutex<Option<Channel>>>,
     generation: u64,
     stop: StopHandle,
     finished: bool,
@@ -835,6 +943,14 @@ impl Consumer {
         self.stop.clone()
     }
 
+    /// Whether this consumer is consuming, readable from another task.
+    pub fn readiness(&self) -> Readiness {
+        Readiness {
+            channel: self.live.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+
     /// Cancels the subscription (`basic.cancel`); later `next()` calls return `None`.
     /// The channel stays open while deliveries are alive, so they can still be settled.
     pub async fn cancel(&mut self) {
@@ -850,6 +966,7 @@ impl Consumer {
 
     async fn finish(&mut self, close_channel: bool) {
         self.finished = true;
+        self.set_live(None);
         // The subscription (and its channel) is kept after a cancel: deliveries still being
         // processed hold the channel, and a channel closed implicitly by the drop of its last
         // handle races the connection's close (lapin then logs a connection ERROR on every
@@ -880,6 +997,10 @@ impl Consumer {
         if close_channel {
             self.subscription = None;
         }
+    }
+
+    fn set_live(&self, channel: Option<Channel>) {
+        *self.live.lock().unwrap_or_else(|e| e.into_inner()) = channel;
     }
 
     /// The queue consumed.
@@ -917,6 +1038,7 @@ impl Consumer {
         self.generation += 1;
         self.cancelled = false;
         info!(queue = %self.queue, subscription = self.generation, prefetch = self.prefetch, "consuming");
+        self.set_live(Some(channel.clone()));
         self.subscription = Some(Subscription {
             channel,
             consumer,

@@ -75,6 +75,7 @@
 //! | `DECKHAND_STORE_URL`, `DECKHAND_STORE_KEYS`, `DECKHAND_STORE_SCHEMA`, `DECKHAND_STORE_LEASE_MS` | unset, required with the URL, `deckhand`, 15000 | the shared credential store ([`CredentialStoreSettings`]) |
 //! | `DECKHAND_UPDATE_KEYS` | `amqp` | where rotated keys go: `amqp`, `api` or `both` ([`UpdateKeysMode`]) |
 //! | `DECKHAND_SHUTDOWN_TIMEOUT_SECS` | 30 | how long a stopping worker waits for messages in flight |
+//! | `DECKHAND_METRICS_ADDR` | unset (off) | `host:port` of the worker's `/metrics`, `/healthz` and `/readyz` ([`METRICS_ADDR_VAR`], [`crate::metrics`]) |
 //!
 //! `HOSTNAME` names the AMQP connection when `/proc/sys/kernel/hostname` and `/etc/hostname`
 //! cannot be read (never an error).
@@ -103,6 +104,11 @@ pub const UPDATE_KEYS_VAR: &str = "DECKHAND_UPDATE_KEYS";
 
 /// Seconds the worker waits for messages in flight after a stop signal (Deckhand addition).
 pub const SHUTDOWN_TIMEOUT_VAR: &str = "DECKHAND_SHUTDOWN_TIMEOUT_SECS";
+
+/// The `host:port` (an IP address and a port, e.g. `127.0.0.1:9464` or `0.0.0.0:9464`) the
+/// worker serves `/metrics`, `/healthz` and `/readyz` on (Deckhand addition); unset, the worker
+/// serves nothing and counts nothing. See [`crate::metrics`].
+pub const METRICS_ADDR_VAR: &str = "DECKHAND_METRICS_ADDR";
 
 /// Longest exchange, queue or routing key AMQP can carry (a `shortstr`).
 const MAX_SHORT_STRING: usize = 255;
@@ -539,6 +545,9 @@ pub struct RuntimeConfig {
     /// `DECKHAND_SHUTDOWN_TIMEOUT_SECS` (default 30): how long a stopping worker waits for
     /// messages in flight before leaving them to the broker to redeliver. `0` does not wait.
     pub shutdown_timeout: Duration,
+    /// `DECKHAND_METRICS_ADDR` (default unset): where the worker serves its metrics and health
+    /// endpoints; `None` turns them (and the counting) off.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Where a worker keeps its credential when several workers share it (Deckhand addition):
@@ -773,6 +782,7 @@ impl RuntimeConfig {
         let credential_store = r.credential_store();
         let update_keys = r.update_keys_mode(&step_source);
         let shutdown_timeout = r.shutdown_timeout();
+        let metrics_addr = r.metrics_addr();
 
         r.finish()?;
         // `finish` returned Ok, so every required value was present and valid; the
@@ -823,6 +833,7 @@ impl RuntimeConfig {
             credential_store,
             update_keys,
             shutdown_timeout,
+            metrics_addr,
         })
     }
 
@@ -1282,6 +1293,25 @@ impl Reader {
                     DEFAULT
                 }
             },
+        }
+    }
+
+    /// An IP address and port: a host name would need a resolver at start-up and could
+    /// resolve to several addresses, and the endpoints are for a scraper next to the worker.
+    fn metrics_addr(&mut self) -> Option<std::net::SocketAddr> {
+        let raw = self.deckhand(METRICS_ADDR_VAR)?;
+        match raw.trim().parse::<std::net::SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.problem(
+                    METRICS_ADDR_VAR,
+                    format!(
+                        "must be an IP address and a port, e.g. `127.0.0.1:9464` or `0.0.0.0:9464`, got `{}`",
+                        raw.trim()
+                    ),
+                );
+                None
+            }
         }
     }
 
@@ -1831,6 +1861,28 @@ pub(crate) mod tests {
             "api",
         ));
         assert!(e.mentions("DECKHAND_UPDATE_KEYS"), "{e}");
+    }
+
+    #[test]
+    fn metrics_address_is_off_by_default_and_validated() {
+        let c = RuntimeConfig::from_vars(base_env()).unwrap();
+        assert_eq!(c.metrics_addr, None, "metrics are off unless asked for");
+        let c = RuntimeConfig::from_vars(with(base_env(), METRICS_ADDR_VAR, " 127.0.0.1:9464 "))
+            .unwrap();
+        assert_eq!(c.metrics_addr, Some(([127, 0, 0, 1], 9464).into()));
+        let c = RuntimeConfig::from_vars(with(base_env(), METRICS_ADDR_VAR, "[::]:0")).unwrap();
+        assert_eq!(c.metrics_addr.map(|a| a.is_ipv6()), Some(true));
+        for bad in [
+            "9464",
+            "localhost:9464",
+            "127.0.0.1",
+            "127.0.0.1:99999",
+            ":9464",
+        ] {
+            let e = err(with(base_env(), METRICS_ADDR_VAR, bad));
+            assert!(e.mentions(METRICS_ADDR_VAR), "{bad}: {e}");
+            assert!(e.to_string().contains(bad), "the value is named: {e}");
+        }
     }
 
     #[test]

@@ -29,7 +29,8 @@
 //!   [`dedup::Deduplicator`] keeps such redeliveries from running twice ([`amqp`]).
 //!
 //! Modules: [`config`] (environment), [`crypto`], [`protocol`] (pure: envelope, headers,
-//! every outgoing event), [`amqp`] (lapin transport), [`dedup`].
+//! every outgoing event), [`amqp`] (lapin transport), [`dedup`], [`metrics`] (Prometheus
+//! metrics and health endpoints, off unless `DECKHAND_METRICS_ADDR` is set).
 //!
 //! The shape of a worker loop (the connector executor plugs in where the component runs):
 //!
@@ -53,7 +54,7 @@
 //!         dedup.finish(ticket, Settlement::Reject).await.ok(); // undecryptable: reject
 //!         continue;
 //!     };
-//!     let ctx = OutgoingContext::new(cfg.clone(), incoming, input.clone(), StepFlags::default());
+//!     let ctx = OutgoingContext::new(cfg.clone(), incoming, &input, StepFlags::default());
 //!     // Run the component; here it just echoes its input body.
 //!     let events = vec![Outgoing::Data(Message::new(input.body))];
 //!     let mut outcome = Settlement::Ack;
@@ -97,6 +98,7 @@ pub mod amqp;
 pub mod config;
 pub mod crypto;
 pub mod dedup;
+pub mod metrics;
 pub mod protocol;
 pub mod worker;
 

@@ -619,7 +619,10 @@ pub(crate) fn rebound_expiration_ms(initial_ms: u64, iteration: u32) -> u64 {
 pub struct OutgoingContext {
     cfg: Arc<RuntimeConfig>,
     incoming: Incoming,
-    input: Message,
+    /// The decoded input, kept only where outgoing messages carry it on (`is_passthrough`):
+    /// a copy per message costs throughput, and the rare oversized-input error decodes
+    /// `incoming` again instead.
+    passthrough_input: Option<Message>,
     flags: StepFlags,
     base: FieldTable,
 }
@@ -629,7 +632,7 @@ impl OutgoingContext {
     pub fn new(
         cfg: Arc<RuntimeConfig>,
         incoming: Incoming,
-        input: Message,
+        input: &Message,
         flags: StepFlags,
     ) -> Self {
         Self::with_start(
@@ -646,16 +649,16 @@ impl OutgoingContext {
     pub fn with_start(
         cfg: Arc<RuntimeConfig>,
         incoming: Incoming,
-        input: Message,
+        input: &Message,
         flags: StepFlags,
         start_ms: i64,
         message_id: String,
     ) -> Self {
         let base = base_headers(&cfg, incoming.headers(), start_ms, message_id);
         Self {
+            passthrough_input: flags.is_passthrough.then(|| input.clone()),
             cfg,
             incoming,
-            input,
             flags,
             base,
         }
@@ -670,11 +673,6 @@ impl OutgoingContext {
     /// The input as received.
     pub fn incoming(&self) -> &Incoming {
         &self.incoming
-    }
-
-    /// The decoded input.
-    pub fn input(&self) -> &Message {
-        &self.input
     }
 
     /// The thread id (for logging).
@@ -783,12 +781,15 @@ impl OutgoingContext {
     /// plus either our own outgoing message under our step id, or — with
     /// `NO_SELF_PASSTRHOUGH` — the incoming message under the incoming `stepId` header.
     fn apply_passthrough(&self, message: &mut Message) {
-        let mut passthrough = self.input.passthrough.clone().unwrap_or_default();
+        let Some(input) = &self.passthrough_input else {
+            return;
+        };
+        let mut passthrough = input.passthrough.clone().unwrap_or_default();
         if self.cfg.no_self_passthrough {
             if let Some(step_id) =
                 header_string(self.incoming.headers(), header::STEP_ID).filter(|s| !s.is_empty())
             {
-                passthrough.insert(step_id, without_passthrough(&self.input));
+                passthrough.insert(step_id, without_passthrough(input));
             }
         } else {
             message.passthrough = None;
@@ -874,7 +875,11 @@ impl OutgoingContext {
     /// JSON text>}`. The envelope also gets `"errorInputTruncated": true`, readable without the
     /// key.
     fn cut_error_input(&self) -> String {
-        let text = serde_json::to_string(&self.input).unwrap_or_default();
+        let input = self
+            .incoming
+            .decode(&self.cfg.cipher, self.cfg.input_format)
+            .unwrap_or_else(|_| Message::new(Value::Object(Map::new())));
+        let text = serde_json::to_string(&input).unwrap_or_default();
         // base64 of the ciphertext within the limit; PKCS#7 adds up to 16 bytes.
         let budget = ERROR_INPUT_LIMIT / 4 * 3 - 16;
         let mut keep = text.len().min(budget);
@@ -886,7 +891,7 @@ impl OutgoingContext {
             let marker = serde_json::json!({
                 "errorInputTruncated": true,
                 "originalBytes": self.incoming.body.len(),
-                "id": self.input.id,
+                "id": input.id,
                 "head": &text[..cut],
             });
             let plain = serde_json::to_vec(&marker).unwrap_or_default();
@@ -1235,7 +1240,7 @@ mod tests {
     fn ctx_with(cfg: Arc<RuntimeConfig>, headers: FieldTable, flags: StepFlags) -> OutgoingContext {
         let incoming = incoming_with(&cfg, headers, ProtocolVersion::V1);
         let input = incoming.decode(&cfg.cipher, cfg.input_format).unwrap();
-        OutgoingContext::with_start(cfg, incoming, input, flags, START, OUT_ID.into())
+        OutgoingContext::with_start(cfg, incoming, &input, flags, START, OUT_ID.into())
     }
 
     fn ctx() -> OutgoingContext {
@@ -1564,7 +1569,7 @@ mod tests {
         let c = OutgoingContext::with_start(
             cfg.clone(),
             incoming,
-            input,
+            &input,
             StepFlags::default(),
             START,
             OUT_ID.into(),
@@ -1614,7 +1619,7 @@ mod tests {
         let c = OutgoingContext::with_start(
             cfg.clone(),
             incoming,
-            input,
+            &input,
             StepFlags::default(),
             START,
             OUT_ID.into(),

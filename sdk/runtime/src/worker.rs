@@ -35,6 +35,7 @@ use tracing::Instrument;
 use super::amqp::{Publisher, Settlement, Transport, TransportOptions};
 use super::config::{LaunchConfig, RuntimeConfig, StepSource, UpdateKeysMode};
 use super::dedup::{Admission, Deduplicator, Ticket};
+use super::metrics::{Observer, WorkerMetrics};
 use super::protocol::{
     ErrorInfo, Incoming, Message, Outgoing, OutgoingContext, PublicationKind, StepFlags,
     startup_error_publication,
@@ -124,6 +125,9 @@ pub enum StartError {
     /// The credential store (`DECKHAND_STORE_URL`) could not be used.
     #[error("the credential store: {0}")]
     Store(#[from] deckhand_core::auth::store::StoreError),
+    /// The metrics endpoint (`DECKHAND_METRICS_ADDR`) could not be served.
+    #[error("{0}")]
+    Metrics(#[from] super::metrics::ServeError),
 }
 
 /// Why the step definition could not be loaded.
@@ -356,7 +360,7 @@ impl AmqpKeysSink {
         let ctx = OutgoingContext::new(
             self.cfg.clone(),
             Incoming::new(BasicProperties::default(), Vec::new()),
-            Message::new(Value::Object(Map::new())),
+            &Message::new(Value::Object(Map::new())),
             self.flags.clone(),
         );
         let mut publications = ctx
@@ -501,18 +505,24 @@ struct AmqpEmitter {
     publisher: Publisher,
     errors_published: AtomicUsize,
     publish_failed: AtomicBool,
+    metrics: Option<Arc<WorkerMetrics>>,
     /// Emit failures already published as error events (`EmitError` texts): when the
     /// component returns such an error, the failure is not reported a second time.
     reported_failures: std::sync::Mutex<Vec<String>>,
 }
 
 impl AmqpEmitter {
-    fn new(ctx: OutgoingContext, publisher: Publisher) -> Self {
+    fn new(
+        ctx: OutgoingContext,
+        publisher: Publisher,
+        metrics: Option<Arc<WorkerMetrics>>,
+    ) -> Self {
         Self {
             ctx,
             publisher,
             errors_published: AtomicUsize::new(0),
             publish_failed: AtomicBool::new(false),
+            metrics,
             reported_failures: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -541,6 +551,9 @@ impl AmqpEmitter {
             if let Err(e) = self.publisher.publish(publication).await {
                 self.publish_failed.store(true, Ordering::SeqCst);
                 return Err(e.to_string());
+            }
+            if let Some(metrics) = &self.metrics {
+                metrics.emitted(publication.kind);
             }
             if publication.kind == PublicationKind::Error {
                 self.errors_published.fetch_add(1, Ordering::SeqCst);
@@ -689,6 +702,8 @@ pub struct Worker<C: Connector> {
         tokio::task::JoinHandle<()>,
         tokio::sync::oneshot::Sender<()>,
     )>,
+    /// Metrics and health endpoints (`DECKHAND_METRICS_ADDR`), served until the worker stops.
+    observer: Option<Observer>,
 }
 
 impl<C: Connector> Worker<C> {
@@ -712,6 +727,9 @@ impl<C: Connector> Worker<C> {
         for notice in &cfg.notices {
             tracing::warn!(variable = %notice.var, "{}", notice.reason);
         }
+        // Served from the start: `/healthz` answers and `/readyz` says "not ready" while the
+        // step loads and the broker is reached.
+        let observer = Observer::start(&cfg).await?;
         let step = load_step(&cfg.step_source, &cfg).await?;
         let flags = StepFlags {
             is_passthrough: step.is_passthrough,
@@ -723,6 +741,9 @@ impl<C: Connector> Worker<C> {
         };
         let step_config = step_config(&step, descriptor)?;
         let transport = Transport::connect(options).await?;
+        if let Some(observer) = &observer {
+            observer.attach_transport(transport.stats());
+        }
         let amqp_sink = AmqpKeysSink::new(cfg.clone(), transport.publisher(), flags.clone())
             .starting_from(step_config.credentials.as_ref());
         let api_sink = flags.account_id.as_deref().and_then(|account| {
@@ -736,6 +757,10 @@ impl<C: Connector> Worker<C> {
             (mode @ (UpdateKeysMode::Api | UpdateKeysMode::Both), None) => {
                 return Err(StartError::UpdateKeysNeedsApi { mode });
             }
+        };
+        let sink = match &observer {
+            Some(observer) => observer.counting(sink),
+            None => sink,
         };
         let (step_config, shared, relay) = match &cfg.credential_store {
             Some(settings) => {
@@ -751,12 +776,16 @@ impl<C: Connector> Worker<C> {
             sink,
             shared,
         )?);
+        if let Some(observer) = &observer {
+            observer.attach_session(session.clone());
+        }
         let worker = Self {
             cfg,
             transport,
             session,
             flags,
             relay,
+            observer,
         };
         if let Err(e) = worker
             .session
@@ -792,6 +821,12 @@ impl<C: Connector> Worker<C> {
         &self.session
     }
 
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (with the port the system chose
+    /// for a configured port 0), or `None` when `DECKHAND_METRICS_ADDR` is unset.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.observer.as_ref().map(Observer::addr)
+    }
+
     /// Consumes until SIGTERM/SIGINT, then drains in-flight messages and closes.
     pub async fn run(self) -> u8 {
         // Registered before the first message is consumed, so no signal finds the default
@@ -814,6 +849,10 @@ impl<C: Connector> Worker<C> {
             }
         };
         let stop = consumer.stop_handle();
+        let metrics = self.observer.as_ref().map(|observer| {
+            observer.attach_readiness(consumer.readiness());
+            observer.worker()
+        });
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: no new messages; finishing those in flight");
@@ -827,6 +866,9 @@ impl<C: Connector> Worker<C> {
                 first = false;
                 tracing::info!("first message consumed");
             }
+            if let Some(metrics) = &metrics {
+                metrics.received();
+            }
             match dedup.admit(delivery).await {
                 Admission::Process(ticket) => {
                     let job = Job {
@@ -835,10 +877,16 @@ impl<C: Connector> Worker<C> {
                         publisher: self.transport.publisher(),
                         flags: self.flags.clone(),
                         dedup: dedup.clone(),
+                        metrics: metrics.clone(),
                     };
                     in_flight.spawn(job.run(ticket).in_current_span());
                 }
-                other => tracing::debug!(admission = ?other, "duplicate delivery not run again"),
+                other => {
+                    if let Some(metrics) = &metrics {
+                        metrics.deduplicated();
+                    }
+                    tracing::debug!(admission = ?other, "duplicate delivery not run again")
+                }
             }
             while in_flight.try_join_next().is_some() {}
         }
@@ -1024,6 +1072,7 @@ struct Job<C: Connector> {
     publisher: Publisher,
     flags: StepFlags,
     dedup: Arc<Deduplicator>,
+    metrics: Option<Arc<WorkerMetrics>>,
 }
 
 impl<C: Connector> Job<C> {
@@ -1031,6 +1080,7 @@ impl<C: Connector> Job<C> {
         let incoming = ticket.take_incoming();
         let span = tracing::info_span!(
             "message",
+            function = %self.cfg.identity.function,
             messageId = incoming.message_id().unwrap_or_default(),
         );
         if ticket.delivery().redelivered {
@@ -1041,7 +1091,11 @@ impl<C: Connector> Job<C> {
                 )
             });
         }
+        let processing = self.metrics.as_ref().map(WorkerMetrics::start);
         let (outcome, confirmed) = self.process(incoming).instrument(span.clone()).await;
+        if let Some(processing) = processing {
+            processing.finish(outcome);
+        }
         let settled = if confirmed {
             self.dedup.finish(ticket, outcome).await
         } else {
@@ -1062,13 +1116,9 @@ impl<C: Connector> Job<C> {
             Err(e) => (Message::new(Value::Object(Map::new())), Some(e)),
         };
         let emitter = Arc::new(AmqpEmitter::new(
-            OutgoingContext::new(
-                self.cfg.clone(),
-                incoming,
-                message.clone(),
-                self.flags.clone(),
-            ),
+            OutgoingContext::new(self.cfg.clone(), incoming, &message, self.flags.clone()),
             self.publisher.clone(),
+            self.metrics.clone(),
         ));
         if let Some(e) = decode_error {
             tracing::warn!(error = %e, "input message rejected");
@@ -1085,7 +1135,12 @@ impl<C: Connector> Job<C> {
         }
         let outcome = self
             .session
-            .process(&self.cfg.identity.function, message, emitter.clone())
+            .process_in(
+                tracing::Span::current(),
+                &self.cfg.identity.function,
+                message,
+                emitter.clone(),
+            )
             .await;
         if emitter.publish_failed.load(Ordering::SeqCst) {
             tracing::error!("a publish failed after its retries; rejecting the input message");

@@ -13,9 +13,9 @@ use crate::credentials::{Credentials, Secret};
 use super::SinkError;
 use super::endpoint::{Failed, Issued};
 use super::metrics::Counters;
-use super::store::{StoreBinding, StoreRefresh};
+use super::store::{CredentialState, StoreBinding, StoreRefresh};
 use super::{
-    AuthError, AuthMetrics, Clock, Grant, KeysSink, KeysUpdate, PauseCause, Proactive,
+    AuthError, AuthMetrics, Clock, FailureKind, Grant, KeysSink, KeysUpdate, PauseCause, Proactive,
     RefreshReason, Strategy, SystemClock, TokenEndpoint, TransientFailure,
 };
 
@@ -591,6 +591,17 @@ impl TokenManager {
         self.inner.counters.snapshot()
     }
 
+    /// Whether the credential is usable: [`Active`](CredentialState::Active) until the
+    /// provider refuses it for good, then [`NeedsReauth`](CredentialState::NeedsReauth) or
+    /// [`RotationLost`](CredentialState::RotationLost) until new keys are set.
+    pub fn credential_state(&self) -> CredentialState {
+        match self.inner.read().permanent.as_ref().map(AuthError::kind) {
+            None => CredentialState::Active,
+            Some(FailureKind::RotationLost) => CredentialState::RotationLost,
+            Some(_) => CredentialState::NeedsReauth,
+        }
+    }
+
     async fn refresh(
         &self,
         reason: RefreshReason,
@@ -801,6 +812,7 @@ impl Inner {
         self.finished.send_replace(state.epoch);
         match outcome {
             Ok(fresh) => {
+                self.counters.attempt_ended(reason, None);
                 state.last_failure = None;
                 state.paused = fresh
                     .arrived_expiring(self.min_refresh_interval)
@@ -822,6 +834,7 @@ impl Inner {
             }
             Err(err) => {
                 self.counters.failed(err.kind());
+                self.counters.attempt_ended(reason, Some(err.kind()));
                 state.last_failure = Some(err.clone());
                 if err.is_reauth_required() {
                     state.permanent = Some(err.clone());
@@ -1026,6 +1039,10 @@ impl Inner {
         state.epoch += 1;
         self.finished.send_replace(state.epoch);
         drop(state);
+        self.counters.attempt_ended(
+            RefreshReason::Component,
+            outcome.as_ref().err().map(AuthError::kind),
+        );
         match outcome {
             Ok(_) => {
                 tracing::info!(

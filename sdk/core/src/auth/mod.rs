@@ -77,7 +77,7 @@ pub use clock::{Clock, SystemClock};
 pub use endpoint::{ClientAuth, Grant, RetryPolicy, TokenEndpoint};
 pub use error::{AuthError, FailureKind, PauseCause, TransientFailure};
 pub use manager::{Authorization, TokenManager, TokenManagerBuilder};
-pub use metrics::AuthMetrics;
+pub use metrics::{AuthMetrics, RefreshAttempts};
 pub use middleware::{BearerAuth, api_http_client};
 pub use reason::RefreshReason;
 pub use sink::{CallbackSink, KeysSink, KeysUpdate, MemorySink, SinkError};

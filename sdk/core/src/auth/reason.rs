@@ -19,6 +19,38 @@ pub enum RefreshReason {
     Component,
 }
 
+impl RefreshReason {
+    /// Every reason's [`label`](Self::label), in the order of the variants.
+    pub const LABELS: [&'static str; 7] = [
+        "initial",
+        "per_call",
+        "expiry",
+        "rejected",
+        "pending_persist",
+        "forced",
+        "component",
+    ];
+
+    /// The reason as a metric label: [`Display`](fmt::Display) without the HTTP status of
+    /// [`Rejected`](Self::Rejected), so the labels are a fixed set.
+    pub fn label(self) -> &'static str {
+        Self::LABELS[self.index()]
+    }
+
+    /// The position of the reason's label in [`LABELS`](Self::LABELS).
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Self::Initial => 0,
+            Self::PerCall => 1,
+            Self::Expiry => 2,
+            Self::Rejected(_) => 3,
+            Self::PendingPersist => 4,
+            Self::Forced => 5,
+            Self::Component => 6,
+        }
+    }
+}
+
 impl fmt::Display for RefreshReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
