@@ -1,8 +1,8 @@
 //! The rotation torture test: random interleavings of concurrent API calls, 401s, expiries,
 //! token endpoint faults (503, 429 with `Retry-After`, lost answers, `invalid_grant`), keys
 //! sink failures (error, timeout, panic), component `updateKeys` (current or stale), cancelled
-//! callers and shutdown, run by [`proptest`] against `deckhand-emulator` in its strict
-//! single-use rotation mode. After each case:
+//! callers and shutdown, run by [`proptest`](mod@proptest) against `deckhand-emulator` in its
+//! strict single-use rotation mode. After each case:
 //!
 //! * the last persisted keys hold the refresh token the emulator considers live, and so does
 //!   the manager's memory — or the case ends in `RotationLost`/`ReauthRequired` that an

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use deckhand::component::cli::ValidateArgs;
 
+mod new;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "deckhand",
@@ -24,6 +26,12 @@ enum Command {
     /// 1 when a descriptor has errors (or warnings, with --deny-warnings), 2 when a path could
     /// not be read. Every rule, its code and its fix: component-schemas/RULES.md.
     Validate(ValidateArgs),
+    /// Create a connector crate: Cargo.toml, component.json, src/main.rs with one action
+    /// (`getItem`), a mockito test and a README with the commands to validate, test and run it.
+    ///
+    /// The crate depends on the SDK by path (--sdk-path). Exit status: 0 when the crate was
+    /// written, 2 when it was not (invalid NAME, a non-empty directory, no SDK at --sdk-path).
+    New(new::NewArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,5 +51,27 @@ fn main() -> ExitCode {
         Command::Validate(args) => args
             .run(&mut std::io::stdout().lock(), &mut std::io::stderr().lock())
             .into(),
+        Command::New(args) => match new::generate(&args) {
+            Ok(generated) => {
+                println!(
+                    "Created connector `{}` ({}) in {}:",
+                    args.name,
+                    args.auth,
+                    generated.dir.display()
+                );
+                for file in &generated.files {
+                    println!("  {file}");
+                }
+                println!(
+                    "Next: cd {} && cargo test; README.md has the commands to validate and run it.",
+                    generated.dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
