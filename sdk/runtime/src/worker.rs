@@ -1078,9 +1078,9 @@ struct Job<C: Connector> {
 impl<C: Connector> Job<C> {
     async fn run(self, mut ticket: Ticket) {
         let incoming = ticket.take_incoming();
+        // The function is on the worker's root span already.
         let span = tracing::info_span!(
             "message",
-            function = %self.cfg.identity.function,
             messageId = incoming.message_id().unwrap_or_default(),
         );
         if ticket.delivery().redelivered {
