@@ -263,11 +263,13 @@ impl<C: Connector> Session<C> {
             function,
             message_id = message.id.as_deref().unwrap_or(""),
         );
-        self.process_in(span, function, message, emitter).await
+        self.process_in(span.clone(), function, message, emitter)
+            .instrument(span)
+            .await
     }
 
-    /// As [`process`](Self::process), logging in `span`: for a transport that already has a
-    /// span for the message (one span per message, not two nested ones).
+    /// As [`process`](Self::process), for a transport that runs it inside its own span for the
+    /// message, `span`: one span per message, entered once per poll rather than twice.
     pub async fn process_in(
         &self,
         span: tracing::Span,
@@ -293,10 +295,7 @@ impl<C: Connector> Session<C> {
                     message: Some(message),
                     step: self.step.clone(),
                 });
-                match AssertUnwindSafe(run.instrument(span.clone()))
-                    .catch_unwind()
-                    .await
-                {
+                match AssertUnwindSafe(run).catch_unwind().await {
                     Ok(result) => result,
                     Err(panic) => Err(ConnectorError::new(
                         ErrorKind::Panic,
