@@ -699,12 +699,7 @@ impl OutgoingContext {
 
     /// The incoming `messageId` (= outgoing `parentMessageId`).
     pub fn parent_message_id(&self) -> Option<String> {
-        self.incoming
-            .headers()
-            .inner()
-            .get(header::MESSAGE_ID)
-            .filter(|v| truthy(v))
-            .and_then(amqp_str)
+        parent_id(self.incoming.headers()).and_then(amqp_str)
     }
 
     /// The publications for `event`, timestamped now.
@@ -1158,11 +1153,7 @@ fn base_headers(
             headers.insert(key, js_string(value.clone()));
         }
     }
-    if let Some(parent) = incoming
-        .inner()
-        .get(header::MESSAGE_ID)
-        .filter(|v| truthy(v))
-    {
+    if let Some(parent) = parent_id(incoming) {
         set(&mut headers, header::PARENT_MESSAGE_ID, parent.clone());
     }
     set(&mut headers, header::THREAD_ID, thread_id.clone());
@@ -1170,6 +1161,14 @@ fn base_headers(
     identity_headers(cfg, &mut headers);
     set(&mut headers, header::START, js_number(start_ms));
     headers
+}
+
+/// The input's `messageId` when set: the outgoing `parentMessageId`.
+fn parent_id(incoming: &FieldTable) -> Option<&AMQPValue> {
+    incoming
+        .inner()
+        .get(header::MESSAGE_ID)
+        .filter(|v| truthy(v))
 }
 
 /// `x-eio-meta-*` in any case. Checked before lowercasing: most headers are not meta headers,
