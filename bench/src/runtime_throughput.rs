@@ -110,6 +110,11 @@ pub struct Args {
     /// (`DECKHAND_METRICS_ADDR`, e.g. `127.0.0.1:0`), to measure what they cost. Default: off.
     #[arg(long)]
     metrics_addr: Option<String>,
+    /// Start both measured processes through this program (`PROGRAM <binary> <args…>`), e.g.
+    /// a script that `exec`s `valgrind --tool=callgrind "$@"` to count instructions per message
+    /// of both arms under the same conditions. Rates and start-up times are then meaningless.
+    #[arg(long, value_name = "PROGRAM")]
+    wrap: Option<PathBuf>,
     /// Internal: run as the lapin loop process (started by this benchmark).
     #[arg(long, hide = true, requires_all = ["queue", "exchange", "routing_key"])]
     lapin_loop_child: bool,
@@ -448,7 +453,7 @@ async fn one_run(
 
     let mut command = match arm {
         Arm::Deckhand => {
-            let mut c = tokio::process::Command::new(echo);
+            let mut c = wrapped(args.wrap.as_deref(), echo);
             c.arg("run").env_clear().envs(echo_worker_env(&EchoStep {
                 flow_id: &topo.id,
                 broker: ("ELASTICIO_AMQP_URI", args.amqp_uri.clone()),
@@ -464,7 +469,7 @@ async fn one_run(
             c
         }
         Arm::LapinLoop => {
-            let mut c = tokio::process::Command::new(this_binary()?);
+            let mut c = wrapped(args.wrap.as_deref(), &this_binary()?);
             c.args(["runtime-throughput", "--lapin-loop-child"])
                 .arg("--prefetch")
                 .arg(args.prefetch.to_string())
@@ -537,6 +542,19 @@ async fn one_run(
         topo.delete_queue(&q).await;
     }
     Ok(figures)
+}
+
+/// A command running `binary`, directly or as the first argument of `wrapper`.
+fn wrapped(wrapper: Option<&Path>, binary: &Path) -> tokio::process::Command {
+    match wrapper {
+        Some(wrapper) => {
+            let mut c = tokio::process::Command::new(wrapper);
+            // `/proc/self/exe` would name the wrapper's process, not this binary.
+            c.arg(std::fs::canonicalize(binary).unwrap_or_else(|_| binary.to_path_buf()));
+            c
+        }
+        None => tokio::process::Command::new(binary),
+    }
 }
 
 /// This program, for the lapin loop process. `/proc/self/exe` still works when the file was

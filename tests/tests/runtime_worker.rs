@@ -873,6 +873,41 @@ async fn sigterm_during_start_up_exits_zero() {
     h.topo.cleanup().await;
 }
 
+/// A log line written while a message is processed names the step's function and the
+/// message's id: the worker's span and the message's span both appear in its span list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_of_a_message_carry_the_function_and_the_message_id() {
+    let h = Harness::new("passthrough", step(json!({})), &[]).await;
+    let worker = EchoProcess::spawn(&h, "2");
+    h.send_raw("bad-input-7", b"this is not base64 ciphertext!")
+        .await;
+    h.topo
+        .get(&h.errors, Duration::from_secs(20))
+        .await
+        .expect("the malformed input became an error event");
+    let (code, log) = worker.terminate().await;
+    assert_eq!(code, Some(0), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("input message rejected"))
+        .unwrap_or_else(|| panic!("no rejection logged:\n{log}"));
+    let line: Value = serde_json::from_str(line).expect("a JSON log line");
+    let spans = line["spans"].as_array().expect("a span list");
+    assert!(
+        spans
+            .iter()
+            .any(|s| s["name"] == "sailor" && s["ELASTICIO_FUNCTION"] == "passthrough"),
+        "{line}"
+    );
+    assert!(
+        spans
+            .iter()
+            .any(|s| s["name"] == "message" && s["messageId"] == "bad-input-7"),
+        "{line}"
+    );
+    h.topo.cleanup().await;
+}
+
 /// Issue 13 (5): a graceful stop (SIGTERM) logs no ERROR, from Deckhand or from lapin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_logs_no_error() {

@@ -609,7 +609,7 @@ impl Publisher {
         }
         // One id for every attempt: a consumer recognises a retry whose earlier attempt also
         // arrived (its confirm lost with the channel) as the same message.
-        let publish_id = uuid::Uuid::new_v4().to_string();
+        let publish_id = crate::protocol::fresh_id();
         let mut schedule = inner.retry.policy().attempts();
         loop {
             let failures = schedule.failures();

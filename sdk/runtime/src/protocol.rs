@@ -27,13 +27,12 @@
 //! * `updateKeys` is published over AMQP ([`Outgoing::UpdateKeys`], Deckhand addition) instead
 //!   of Sailor's `PUT /v1/accounts/{id}`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use serde_json::{Map, Value};
-use uuid::Uuid;
 
 pub use deckhand_connector::{ErrorInfo, HttpReply, Message};
 
@@ -340,14 +339,8 @@ impl Incoming {
     ) -> Result<Message, ProtocolError> {
         let mut message = match format {
             InputFormat::Default => {
-                let value: Value = cipher.decrypt_json(&self.body, self.protocol_version())?;
-                if !value.is_object() {
-                    return Err(ProtocolError::InvalidMessage(
-                        "the decrypted JSON is not an object".into(),
-                    ));
-                }
-                serde_json::from_value::<Message>(value)
-                    .map_err(|e| ProtocolError::InvalidMessage(e.to_string()))?
+                let plain = cipher.decrypt(&self.body, self.protocol_version())?;
+                serde_json::from_slice::<Message>(&plain).map_err(|e| envelope_error(&plain, e))?
             }
             InputFormat::Error => self.decode_error_envelope(cipher)?,
         };
@@ -382,6 +375,26 @@ impl Incoming {
             passthrough: None,
             extra: Map::new(),
         })
+    }
+}
+
+/// A fresh message or publish id: a random (version 4) uuid from the thread's generator, which
+/// unlike `Uuid::new_v4` costs no system call.
+pub(crate) fn fresh_id() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
+}
+
+/// Why a decrypted input is not a message envelope, read again only on this error path: not
+/// JSON at all, JSON but not an object, or an object whose fields have the wrong shape.
+fn envelope_error(plain: &[u8], error: serde_json::Error) -> ProtocolError {
+    match serde_json::from_slice::<serde::de::IgnoredAny>(plain) {
+        Err(not_json) => CryptoError::InvalidJson(not_json.to_string()).into(),
+        Ok(_) if plain.trim_ascii_start().first() != Some(&b'{') => {
+            ProtocolError::InvalidMessage("the decrypted JSON is not an object".into())
+        }
+        Ok(_) => ProtocolError::InvalidMessage(error.to_string()),
     }
 }
 
@@ -625,8 +638,9 @@ pub struct OutgoingContext {
     passthrough_input: Option<Message>,
     flags: StepFlags,
     start_ms: i64,
-    /// The outgoing `messageId` of non-data events.
-    message_id: String,
+    /// The outgoing `messageId` of non-data events, made when the first one is published
+    /// (data events carry their message's own id).
+    message_id: OnceLock<String>,
     /// Fixed here: it may be a fresh id, and every event of the input carries the same one.
     thread_id: AMQPValue,
 }
@@ -639,24 +653,18 @@ impl OutgoingContext {
         input: &Message,
         flags: StepFlags,
     ) -> Self {
-        Self::with_start(
-            cfg,
-            incoming,
-            input,
-            flags,
-            now_ms(),
-            Uuid::new_v4().to_string(),
-        )
+        Self::with_start(cfg, incoming, input, flags, now_ms(), None)
     }
 
-    /// As [`new`](Self::new) with a given start time and outgoing `messageId` (tests).
+    /// As [`new`](Self::new) with a given start time and, if given, outgoing `messageId` of
+    /// non-data events (tests).
     pub fn with_start(
         cfg: Arc<RuntimeConfig>,
         incoming: Incoming,
         input: &Message,
         flags: StepFlags,
         start_ms: i64,
-        message_id: String,
+        message_id: Option<String>,
     ) -> Self {
         Self {
             passthrough_input: flags.is_passthrough.then(|| input.clone()),
@@ -665,21 +673,30 @@ impl OutgoingContext {
             incoming,
             flags,
             start_ms,
-            message_id,
+            message_id: message_id.map(OnceLock::from).unwrap_or_default(),
         }
     }
 
-    /// The headers every event starts from (reference §3.5), built for each publication: a
-    /// publication owns its headers, and building them costs no more than copying a prepared
-    /// table (most inputs have a single event).
+    /// The headers every non-data event starts from (reference §3.5).
     fn base_headers(&self) -> FieldTable {
+        self.base_headers_with(self.event_message_id())
+    }
+
+    /// The headers an event with `messageId` = `message_id` starts from, built for each
+    /// publication: a publication owns its headers, and building them costs no more than
+    /// copying a prepared table (most inputs have a single event).
+    fn base_headers_with(&self, message_id: &str) -> FieldTable {
         base_headers(
             &self.cfg,
             self.incoming.headers(),
             self.start_ms,
-            &self.message_id,
+            message_id,
             &self.thread_id,
         )
+    }
+
+    fn event_message_id(&self) -> &str {
+        self.message_id.get_or_init(fresh_id)
     }
 
     /// The input as received.
@@ -694,7 +711,7 @@ impl OutgoingContext {
 
     /// The outgoing `messageId` shared by this input's non-data events.
     pub fn message_id(&self) -> Option<String> {
-        Some(self.message_id.clone())
+        Some(self.event_message_id().to_owned())
     }
 
     /// The incoming `messageId` (= outgoing `parentMessageId`).
@@ -734,14 +751,11 @@ impl OutgoingContext {
 
     fn data(&self, mut message: Message, now_ms: i64) -> Result<Publication, ProtocolError> {
         let cfg = &self.cfg;
-        let mut headers = self.base_headers();
         // Deviation: a fresh id instead of the per-input one (see module docs).
-        let message_id = message
-            .id
-            .clone()
-            .filter(|id| !id.is_empty())
-            .unwrap_or_else(|| Uuid::new_v4().to_string());
-        set(&mut headers, header::MESSAGE_ID, js_string(message_id));
+        let mut headers = match message.id.as_deref() {
+            Some(id) if !id.is_empty() => self.base_headers_with(id),
+            _ => self.base_headers_with(&fresh_id()),
+        };
         set(&mut headers, header::END, js_number(now_ms));
 
         if self.flags.is_passthrough {
@@ -1087,11 +1101,7 @@ pub(crate) fn startup_error_publication(cfg: &RuntimeConfig, error: &ErrorInfo) 
         }
     }
     identity_headers(cfg, &mut headers);
-    set(
-        &mut headers,
-        header::MESSAGE_ID,
-        js_string(Uuid::new_v4().to_string()),
-    );
+    set(&mut headers, header::MESSAGE_ID, js_string(fresh_id()));
     let mut envelope = Map::new();
     envelope.insert(
         "error".into(),
@@ -1198,7 +1208,7 @@ fn thread_id_of(incoming: &FieldTable) -> AMQPValue {
         .filter(|v| truthy(v))
         .or_else(|| trace_id().filter(|v| truthy(v)))
         .cloned()
-        .unwrap_or_else(|| js_string(Uuid::new_v4().to_string()))
+        .unwrap_or_else(|| js_string(fresh_id()))
 }
 
 #[cfg(test)]
@@ -1206,6 +1216,16 @@ mod tests {
     use super::*;
     use crate::config::tests::{base_env, with};
     use serde_json::json;
+    use uuid::Uuid;
+
+    #[test]
+    fn fresh_ids_are_distinct_version_4_uuids() {
+        let a = Uuid::parse_str(&fresh_id()).unwrap();
+        let b = Uuid::parse_str(&fresh_id()).unwrap();
+        assert_eq!(a.get_version(), Some(uuid::Version::Random));
+        assert_eq!(a.get_variant(), uuid::Variant::RFC4122);
+        assert_ne!(a, b);
+    }
 
     const START: i64 = 1_700_000_000_000;
     const END: i64 = 1_700_000_000_500;
@@ -1268,7 +1288,7 @@ mod tests {
     fn ctx_with(cfg: Arc<RuntimeConfig>, headers: FieldTable, flags: StepFlags) -> OutgoingContext {
         let incoming = incoming_with(&cfg, headers, ProtocolVersion::V1);
         let input = incoming.decode(&cfg.cipher, cfg.input_format).unwrap();
-        OutgoingContext::with_start(cfg, incoming, &input, flags, START, OUT_ID.into())
+        OutgoingContext::with_start(cfg, incoming, &input, flags, START, Some(OUT_ID.into()))
     }
 
     fn ctx() -> OutgoingContext {
@@ -1601,7 +1621,7 @@ mod tests {
             &input,
             StepFlags::default(),
             START,
-            OUT_ID.into(),
+            Some(OUT_ID.into()),
         );
         let pubs = c
             .publications_at(Outgoing::Error(ErrorInfo::new("too big")), END)
@@ -1651,7 +1671,7 @@ mod tests {
             &input,
             StepFlags::default(),
             START,
-            OUT_ID.into(),
+            Some(OUT_ID.into()),
         );
         let p = &c
             .publications_at(Outgoing::Error(ErrorInfo::new("x")), END)

@@ -879,7 +879,13 @@ impl<C: Connector> Worker<C> {
                         dedup: dedup.clone(),
                         metrics: metrics.clone(),
                     };
-                    in_flight.spawn(job.run(ticket).in_current_span());
+                    // A child of the worker's span (the function is on it), entered on
+                    // every poll of the job: the only span a message's processing enters.
+                    let span = tracing::info_span!(
+                        "message",
+                        messageId = ticket.delivery().incoming.message_id().unwrap_or_default(),
+                    );
+                    in_flight.spawn(job.run(ticket, span.clone()).instrument(span));
                 }
                 other => {
                     if let Some(metrics) = &metrics {
@@ -1076,23 +1082,17 @@ struct Job<C: Connector> {
 }
 
 impl<C: Connector> Job<C> {
-    async fn run(self, mut ticket: Ticket) {
+    /// Runs inside `span`, the message's span (entered by the caller).
+    async fn run(self, mut ticket: Ticket, span: tracing::Span) {
         let incoming = ticket.take_incoming();
-        // The function is on the worker's root span already.
-        let span = tracing::info_span!(
-            "message",
-            messageId = incoming.message_id().unwrap_or_default(),
-        );
         if ticket.delivery().redelivered {
-            span.in_scope(|| {
-                tracing::info!(
-                    delivery_count = ticket.delivery().delivery_count,
-                    "processing a redelivered message"
-                )
-            });
+            tracing::info!(
+                delivery_count = ticket.delivery().delivery_count,
+                "processing a redelivered message"
+            );
         }
         let processing = self.metrics.as_ref().map(WorkerMetrics::start);
-        let (outcome, confirmed) = self.process(incoming).instrument(span.clone()).await;
+        let (outcome, confirmed) = self.process(incoming, span).await;
         if let Some(processing) = processing {
             processing.finish(outcome);
         }
@@ -1102,14 +1102,12 @@ impl<C: Connector> Job<C> {
             self.dedup.finish_unconfirmed(ticket, outcome).await
         };
         if let Err(e) = settled {
-            span.in_scope(|| {
-                tracing::warn!(error = %e, "could not settle the delivery; the broker will redeliver it")
-            });
+            tracing::warn!(error = %e, "could not settle the delivery; the broker will redeliver it");
         }
     }
 
     /// The outcome, and whether every publish of the processing was confirmed.
-    async fn process(&self, incoming: Incoming) -> (Settlement, bool) {
+    async fn process(&self, incoming: Incoming, span: tracing::Span) -> (Settlement, bool) {
         let decoded = incoming.decode(&self.cfg.cipher, self.cfg.input_format);
         let (message, decode_error) = match decoded {
             Ok(message) => (message, None),
@@ -1135,12 +1133,7 @@ impl<C: Connector> Job<C> {
         }
         let outcome = self
             .session
-            .process_in(
-                tracing::Span::current(),
-                &self.cfg.identity.function,
-                message,
-                emitter.clone(),
-            )
+            .process_in(span, &self.cfg.identity.function, message, emitter.clone())
             .await;
         if emitter.publish_failed.load(Ordering::SeqCst) {
             tracing::error!("a publish failed after its retries; rejecting the input message");
